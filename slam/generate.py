@@ -1,0 +1,252 @@
+"""`slam generate`: continue a spoken prompt and vocode the result.
+
+    slam generate MODEL_DIR --prompt AUDIO --out OUT.wav [--temperature 0.8 --top-k 25 --max-new-tokens 150
+                  --repetition-penalty R --seed S --num-samples N --vocoder NAME]
+
+prompt audio -> units (the model's own tokenizer, deduplicated as in training) -> `<s> units` ->
+sampled continuation (published defaults: temperature 0.8, top-k 25, 150 units; only unit ids can be
+drawn, so pad/bos/eos and any text or marker ids are suppressed) -> prompt + continuation units ->
+vocoder (by the tokenizer kind in slam.json, or --vocoder) -> OUT.wav, plus OUT.units.jsonl beside it.
+
+The sampler here (`sample_units`) is also what GenPPL in `slam eval` uses. It is batched over prompts and
+samples with left padding and a KV cache, and each output row draws from its own generator seeded by
+(seed, prompt index, sample index): a row's result does not depend on what else shares its batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from slam.errors import SlamError
+from slam.tokens import SlamInfo
+
+
+# --- model / tokenizer plumbing shared with slam.eval ----------------------------------------------------
+def load_for_inference(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    """(model in eval mode, SlamInfo) from a slam model folder (or a published slamkit folder)."""
+    from slam.model import load_model
+
+    model, info = load_model(model_dir, device=device, dtype=dtype)
+    return model.eval(), info
+
+
+def load_model_tokenizer(info: SlamInfo, model_dir: str | Path):
+    """The speech tokenizer that made the model's training units; refuses one whose hash differs."""
+    from slam.units.tokenizer import load_tokenizer
+
+    if not info.tokenizer:
+        raise SlamError(f"{model_dir}: slam.json names no speech tokenizer, so audio cannot be turned into "
+                        "units for this model (pass units instead)")
+    tok = load_tokenizer(info.tokenizer, root=model_dir)
+    if info.tokenizer_hash and tok.hash != info.tokenizer_hash:
+        raise SlamError(f"{model_dir}: the tokenizer found has hash {tok.hash[:12]} but the model was trained on "
+                        f"units of {info.tokenizer_hash[:12]}; its units would be meaningless to the model")
+    return tok
+
+
+def audio_to_units(tok: Any, wav: np.ndarray, dedup: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    from slam.units.tokenizer import tokenize
+
+    units, durations = tokenize(tok, wav, dedup=dedup)
+    return np.asarray(units, dtype=np.int64), np.asarray(durations, dtype=np.int64)
+
+
+# --- sampling ----------------------------------------------------------------------------------------------
+def row_generator(seed: int, prompt_index: int, sample_index: int, device: str | torch.device) -> torch.Generator:
+    state = np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(2, dtype=np.uint64)
+    g = torch.Generator(device=device)
+    g.manual_seed(int(state[0] >> np.uint64(1)))
+    return g
+
+
+def next_unit_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: float, top_k: int | None,
+                     repetition_penalty: float | None) -> torch.Tensor:
+    """Unit logits [B, K] -> the logits actually sampled from (-inf outside top-k).
+
+    Repetition penalty as in CTRL / HF: a unit already in the prompt or the continuation has its logit
+    divided by R when positive, multiplied by R when negative. Then temperature, then top-k.
+    """
+    logits = logits.float()
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        pen = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        logits = torch.where(seen, pen, logits)
+    if temperature > 0:
+        logits = logits / temperature
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits
+
+
+@torch.inference_mode()
+def sample_units(model: Any, info: SlamInfo, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 150,
+                 temperature: float = 0.8, top_k: int | None = 25, repetition_penalty: float | None = None,
+                 seed: int = 0, num_samples: int = 1, batch_size: int = 32,
+                 progress: bool = False) -> list[list[np.ndarray]]:
+    """Continue each prompt (units 0..K-1) `num_samples` times; returns [prompt][sample] -> new units.
+
+    temperature 0 = greedy. Only unit ids are ever drawn (the special ids of `info.special_ids` are out of
+    the sampled slice), so every continuation has exactly max_new_tokens units.
+    """
+    device = next(model.parameters()).device
+    K, off = info.n_units, info.unit_offset
+    rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
+    out: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] * num_samples for _ in prompts]
+    # longest first so that rows of similar length share a batch (less padding)
+    rows.sort(key=lambda r: -len(prompts[r[0]]))
+    bar = tqdm(total=len(rows) * max_new_tokens, unit="unit", desc="sampling", disable=not progress)
+    for b in range(0, len(rows), batch_size):
+        batch = rows[b:b + batch_size]
+        ids = [info.units_to_ids(prompts[p], bos=True, eos=False) for p, _ in batch]
+        width = max(len(x) for x in ids)
+        # left padding: every row's last prompt token sits in the last column, so one step appends to all
+        input_ids = torch.full((len(batch), width), info.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        seen = torch.zeros((len(batch), K), dtype=torch.bool)
+        for i, x in enumerate(ids):
+            input_ids[i, width - len(x):] = torch.as_tensor(x)
+            mask[i, width - len(x):] = 1
+            seen[i, torch.as_tensor(np.asarray(prompts[batch[i][0]], dtype=np.int64))] = True
+        input_ids, mask, seen = input_ids.to(device), mask.to(device), seen.to(device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [row_generator(seed, p, s, device) for p, s in batch]
+        new = torch.zeros((len(batch), max_new_tokens), dtype=torch.long, device=device)
+        past = None
+        step_ids, step_pos = input_ids, position_ids
+        for t in range(max_new_tokens):
+            res = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
+                        use_cache=True)
+            past = res.past_key_values
+            logits = next_unit_logits(res.logits[:, -1, off:off + K], seen, temperature, top_k, repetition_penalty)
+            if temperature > 0:
+                probs = torch.softmax(logits, dim=-1)
+                choice = torch.stack([torch.multinomial(probs[i], 1, generator=gens[i])[0]
+                                      for i in range(len(batch))])
+            else:
+                choice = logits.argmax(-1)
+            new[:, t] = choice
+            seen[torch.arange(len(batch), device=device), choice] = True
+            step_ids = (choice + off)[:, None]
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            bar.update(len(batch))
+        for i, (p, s) in enumerate(batch):
+            out[p][s] = new[i].cpu().numpy()
+    bar.close()
+    return out
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="slam model folder (HF files + slam.json)")
+    p.add_argument("--prompt", action="append", default=[],
+                   help="prompt audio file or folder of audio files (repeatable)")
+    p.add_argument("--prompt-units", action="append", default=[], metavar="UNITS_DIR[:ID]",
+                   help="prompt from a units dataset row (default: its first row) instead of audio")
+    p.add_argument("--prompt-seconds", type=float, default=None,
+                   help="cut each prompt audio to its first S seconds (GenPPL uses 3.0)")
+    p.add_argument("--out", required=True, help="OUT.wav; with several outputs, OUT.<prompt>.<sample>.wav")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=25)
+    p.add_argument("--max-new-tokens", type=int, default=150, help="units to generate")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="e.g. 1.1 (the paper, after DPO)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--vocoder", default=None,
+                   help="hifigan | melinv | a HiFi-GAN .pt file or folder (default: by the model's tokenizer)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _audio_files(path: Path) -> list[Path]:
+    exts = {".wav", ".flac", ".ogg", ".mp3"}
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.suffix.lower() in exts)
+        if not files:
+            raise SlamError(f"no audio files (wav/flac/ogg/mp3) under {path}")
+        return files
+    if not path.exists():
+        raise SlamError(f"prompt {str(path)!r} does not exist")
+    return [path]
+
+
+def _units_row(spec: str, info: SlamInfo) -> tuple[str, np.ndarray, np.ndarray]:
+    from slam.units.dataset import iter_rows, read_meta
+
+    folder, _, row_id = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    meta = read_meta(folder)
+    if info.tokenizer_hash and meta.get("tokenizer_hash") and meta["tokenizer_hash"] != info.tokenizer_hash:
+        raise SlamError(f"{folder}: units made by tokenizer {meta['tokenizer_hash'][:12]}, but the model was "
+                        f"trained on {info.tokenizer_hash[:12]}")
+    for row in iter_rows(folder, columns=["id", "units", "durations"]):
+        if not row_id or row["id"] == row_id:
+            return row["id"], np.asarray(row["units"], np.int64), np.asarray(row["durations"], np.int64)
+    raise SlamError(f"{folder}: no row with id {row_id!r}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    from slam.audio import load_audio
+    from slam.vocoder import load_vocoder
+
+    if not args.prompt and not args.prompt_units:
+        raise SlamError("give a prompt: --prompt AUDIO or --prompt-units UNITS_DIR[:ID]")
+    t0 = time.perf_counter()
+    model, info = load_for_inference(args.model_dir, device=args.device)
+    vocoder = load_vocoder(info, args.model_dir, args.vocoder, device=args.device)
+    names, units, durs, prompt_seconds = [], [], [], []
+    files = [f for p in args.prompt for f in _audio_files(Path(p))]
+    if files:
+        tok = load_model_tokenizer(info, args.model_dir)
+        for f in files:
+            wav = load_audio(f)
+            if args.prompt_seconds:
+                wav = wav[: int(args.prompt_seconds * 16000)]
+            u, d = audio_to_units(tok, wav)
+            names.append(f.stem), units.append(u), durs.append(d), prompt_seconds.append(len(wav) / 16000)
+    for spec in args.prompt_units:
+        name, u, d = _units_row(spec, info)
+        names.append(name), units.append(u), durs.append(d)
+        prompt_seconds.append(float(d.sum()) * vocoder.samples_per_frame / vocoder.sample_rate)
+    t1 = time.perf_counter()
+    new = sample_units(model, info, units, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                       num_samples=args.num_samples, batch_size=args.batch_size, progress=True)
+    t_sample = time.perf_counter() - t1
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    single = len(units) == 1 and args.num_samples == 1
+    records, gen_seconds = [], 0.0
+    for i, name in enumerate(tqdm(names, desc="vocoding", unit="prompt")):
+        for s in range(args.num_samples):
+            path = out if single else out.with_name(f"{out.stem}.{name}.{s}{out.suffix or '.wav'}")
+            all_units = np.concatenate([units[i], new[i][s]])
+            # the prompt keeps its true timing; the generated units' durations are the vocoder's to fill (0)
+            all_durs = np.concatenate([durs[i], np.zeros(len(new[i][s]), np.int64)])
+            wav = vocoder.vocode(all_units, all_durs)
+            sf.write(path, wav, vocoder.sample_rate)
+            cont_s = (len(wav) - int(durs[i].sum()) * vocoder.samples_per_frame) / vocoder.sample_rate
+            gen_seconds += cont_s
+            records.append({"file": path.name, "prompt": name, "sample": s, "seed": args.seed,
+                            "prompt_units": units[i].tolist(), "prompt_durations": durs[i].tolist(),
+                            "units": new[i][s].tolist(), "seconds": len(wav) / vocoder.sample_rate,
+                            "continuation_seconds": cont_s})
+    jsonl = out.with_suffix(".units.jsonl")
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    n_new = len(records) * args.max_new_tokens
+    print(f"Generated {len(records)} continuation(s) of {len(names)} prompt(s) "
+          f"({sum(prompt_seconds):.1f} s of prompt audio) with temperature {args.temperature}, top-k {args.top_k}, "
+          f"repetition penalty {args.repetition_penalty or 1.0}, seed {args.seed}: {n_new} units in "
+          f"{t_sample:.1f} s ({n_new / max(t_sample, 1e-9):.0f} units/s), {gen_seconds:.1f} s of generated "
+          f"speech; audio in {out if single else out.parent}, units in {jsonl} "
+          f"({time.perf_counter() - t0:.1f} s in all).")
+    return 0
