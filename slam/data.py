@@ -1,0 +1,425 @@
+"""Documents -> densely packed [B, S] training rows with per-document positions, and the token-weighted loss.
+
+A document is an np.int64 array of model ids, already wrapped `<s> ... <s>`. Sources give random access to
+their documents and their lengths (units datasets, text files, or any iterable of arrays); the loader lays the
+documents of one epoch end to end in a seeded order and cuts the stream into rows of `seq_len` tokens:
+
+    row 0: [<s> a a a a <s> <s> b b b | b b <s> <s> c ...]      positions 0 1 2 3 4 5 0 1 2 3 | 0 1 2 0 1 ...
+                                      ^ row boundary: b continues in the next row, positions restart at 0
+
+No padding inside an epoch (100% of the tokens are real); a document longer than a row, or cut by a row
+boundary, is simply chunked, each chunk a separate attention context. Labels are the inputs with -100 at
+every chunk's first token (it would otherwise be predicted from the previous document's last token) and on
+padding, so with per-document attention (slam.attention) no token is predicted or attended across a boundary.
+
+The loader's position is {epoch, batch}: the epoch's order is a pure function of (seed, epoch), and the row at
+any index is found by a binary search on the cumulative lengths, so resuming a checkpoint gives the very same
+batches without replaying anything.
+
+Mixing: with weights, each source contributes that share of the epoch's TOKENS (a source runs as many
+shuffled passes as its share needs, so a small synthetic set can be upsampled); the sources' documents are
+merged by "token time" (tokens before the document / its source's share), which interleaves them evenly.
+Without weights each document appears exactly once per epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from slam.errors import SlamError
+from slam.tokens import SlamInfo
+
+IGNORE = -100
+
+
+# --- document sources ----------------------------------------------------------------------------------------
+class DocumentSource(Protocol):
+    """Anything with random access to documents: `len`, `lengths()` (tokens per document) and `doc(i)`."""
+
+    name: str
+
+    def __len__(self) -> int: ...
+
+    def lengths(self) -> np.ndarray: ...
+
+    def doc(self, i: int) -> np.ndarray: ...
+
+
+def in_val_split(key: str, val_fraction: float) -> bool:
+    """Deterministic held-out membership from a hash of the document id (stable across runs and machines,
+    unlike Python's `hash`): the same utterance is held out whatever the shard layout or dataset order."""
+    if val_fraction <= 0:
+        return False
+    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+    return h / 2**64 < val_fraction
+
+
+def _select(keys: Sequence[str], split: str, val_fraction: float) -> np.ndarray:
+    if split not in ("train", "val", "all"):
+        raise SlamError(f"split must be train, val or all, got {split!r}")
+    if split == "all":
+        return np.ones(len(keys), dtype=bool)
+    val = np.fromiter((in_val_split(k, val_fraction) for k in keys), dtype=bool, count=len(keys))
+    return val if split == "val" else ~val
+
+
+class ArraySource:
+    """Documents held as one flat array + offsets (compact: 2 bytes per token for uint16 units)."""
+
+    def __init__(self, docs: Iterable[Any] | None = None, name: str = "docs", *, flat: np.ndarray | None = None,
+                 offsets: np.ndarray | None = None, transform: Any = None) -> None:
+        self.name = name
+        if docs is not None:
+            arrays = [np.asarray(d, dtype=np.int64) for d in docs]
+            lens = np.array([len(a) for a in arrays], dtype=np.int64)
+            flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        if flat is None or offsets is None:
+            raise SlamError("ArraySource needs documents, or flat + offsets")
+        self.flat, self.offsets = flat, offsets
+        self._transform = transform  # raw slice -> ids (e.g. units -> <s> ids <s>)
+        self._extra = 0 if transform is None else 2  # tokens the transform adds (bos + eos)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets) + self._extra
+
+    def doc(self, i: int) -> np.ndarray:
+        raw = self.flat[self.offsets[i]:self.offsets[i + 1]]
+        return raw.astype(np.int64) if self._transform is None else self._transform(raw)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self.doc(i) for i in range(len(self)))
+
+
+def units_source(folders: str | Path | Sequence[str | Path], info: SlamInfo, split: str = "all",
+                 val_fraction: float = 0.0, name: str | None = None) -> ArraySource:
+    """One or several units dataset folders -> documents `<s> units+offset <s>` (ids via SlamInfo).
+
+    Rows are read in id order (slam.units.dataset), so the document set never depends on shard layout.
+    Units must fit the model's vocabulary, and a dataset written by another tokenizer is refused.
+    """
+    import pyarrow.compute as pc
+
+    from slam.units.dataset import load_table, read_meta
+
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    flats, lens_all = [], []
+    for folder in folders:
+        meta = read_meta(folder)
+        if int(meta.get("n_units", 0)) > info.n_units:
+            raise SlamError(f"{folder}: units dataset has n_units={meta['n_units']}, the model only "
+                            f"{info.n_units} units")
+        if info.tokenizer_hash and meta.get("tokenizer_hash") and meta["tokenizer_hash"] != info.tokenizer_hash:
+            raise SlamError(f"{folder}: units were made by tokenizer {meta['tokenizer_hash'][:12]}, the model "
+                            f"expects {info.tokenizer_hash[:12]} (units of different tokenizers never mix)")
+        table = load_table(folder, ["id", "units"])
+        keep = _select(table.column("id").to_pylist(), split, val_fraction)
+        units = table.column("units").filter(keep) if not keep.all() else table.column("units")
+        lens = pc.list_value_length(units).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(units).to_numpy(zero_copy_only=False).astype(np.uint16, copy=False)
+        nonempty = lens > 0
+        if not nonempty.all():  # an empty utterance would only teach <s> -> <s>
+            starts = np.concatenate([[0], np.cumsum(lens)])
+            flat = np.concatenate([flat[starts[i]:starts[i + 1]] for i in np.flatnonzero(nonempty)] or
+                                  [np.zeros(0, np.uint16)])
+            lens = lens[nonempty]
+        flats.append(flat)
+        lens_all.append(lens)
+    flat = np.concatenate(flats) if flats else np.zeros(0, np.uint16)
+    lens = np.concatenate(lens_all) if lens_all else np.zeros(0, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    if flat.size and int(flat.max()) >= info.n_units:
+        raise SlamError(f"{folders}: unit id {int(flat.max())} >= n_units {info.n_units}")
+    label = name or "+".join(Path(f).name for f in folders)
+    return ArraySource(name=label, flat=flat, offsets=offsets, transform=info.units_to_ids)
+
+
+def text_source(files: str | Path | Sequence[str | Path], tokenizer: Any, split: str = "all",
+                val_fraction: float = 0.0, name: str | None = None, bos_id: int | None = None,
+                eos_id: int | None = None) -> ArraySource:
+    """Plain text files, one document per non-empty line, tokenized by an HF tokenizer (object or folder)
+    and wrapped `bos ... eos` with the tokenizer's own specials (eos on both sides if it has no bos)."""
+    if isinstance(tokenizer, (str, Path)):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+    bos = bos_id if bos_id is not None else (tokenizer.bos_token_id if tokenizer.bos_token_id is not None
+                                             else tokenizer.eos_token_id)
+    eos = eos_id if eos_id is not None else tokenizer.eos_token_id
+    if bos is None or eos is None:
+        raise SlamError("the text tokenizer has no bos/eos token; pass bos_id and eos_id")
+    files = [files] if isinstance(files, (str, Path)) else list(files)
+    lines: list[str] = []
+    for f in files:
+        p = Path(f)
+        if not p.exists():
+            raise SlamError(f"text file {str(p)!r} does not exist")
+        lines.extend(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
+    lines = [t for t, k in zip(lines, _select(lines, split, val_fraction)) if k]
+    ids = tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []
+    docs = [np.concatenate([[bos], np.asarray(t, dtype=np.int64), [eos]]) for t in ids]
+    return ArraySource(docs, name=name or "+".join(Path(f).name for f in files))
+
+
+# --- epoch plan ----------------------------------------------------------------------------------------------
+@dataclass
+class EpochPlan:
+    """Which documents an epoch streams, in order, and where each one starts in the token stream."""
+
+    source: np.ndarray  # int32 [D] source index per document
+    index: np.ndarray  # int64 [D] document index within its source
+    start: np.ndarray  # int64 [D+1] cumulative token offsets (start[-1] = tokens in the epoch)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.start[-1])
+
+
+def _rng(*keys: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in keys]))
+
+
+def plan_epoch(lengths: Sequence[np.ndarray], weights: Sequence[float] | None, seed: int, epoch: int,
+               shuffle: bool = True) -> EpochPlan:
+    """Deterministic document order for one epoch (see the module docstring for the mixing rule)."""
+    totals = np.array([int(l.sum()) for l in lengths], dtype=np.int64)
+    if totals.sum() == 0:
+        raise SlamError("no training tokens: every source is empty")
+    if weights is None:
+        targets = totals.copy()  # every document exactly once
+        shares = totals.astype(np.float64)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        if len(w) != len(lengths) or (w < 0).any() or w.sum() <= 0:
+            raise SlamError(f"mixing weights {list(weights)} must be one non-negative number per source")
+        for i in np.flatnonzero((w > 0) & (totals == 0)):
+            raise SlamError(f"source {i} has weight {w[i]} but no tokens")
+        shares = w / w.sum()
+        targets = np.round(shares * totals.sum()).astype(np.int64)
+    srcs, idxs, keys, lens_out = [], [], [], []
+    for s, (lens, target) in enumerate(zip(lengths, targets)):
+        if target <= 0:
+            continue
+        order_parts, got, p = [], 0, 0
+        while got < target:  # as many passes as this source's share needs (upsampling)
+            perm = _rng(seed, epoch, s, p).permutation(len(lens)) if shuffle else np.arange(len(lens))
+            order_parts.append(perm)
+            got += int(totals[s])
+            p += 1
+        order = np.concatenate(order_parts)
+        cum = np.cumsum(lens[order])
+        n = int(np.searchsorted(cum, target, side="left")) + 1  # include the doc that reaches the target
+        order = order[:n]
+        l = lens[order]
+        before = np.concatenate([[0], cum[:n - 1]])
+        srcs.append(np.full(n, s, dtype=np.int32))
+        idxs.append(order.astype(np.int64))
+        keys.append((before + 0.5 * l) / shares[s])  # token-time of the document's middle
+        lens_out.append(l)
+    key = np.concatenate(keys)
+    merged = np.argsort(key, kind="stable")
+    source = np.concatenate(srcs)[merged]
+    index = np.concatenate(idxs)[merged]
+    lens_m = np.concatenate(lens_out)[merged]
+    start = np.concatenate([[0], np.cumsum(lens_m)]).astype(np.int64)
+    return EpochPlan(source=source, index=index, start=start)
+
+
+# --- packed loader -------------------------------------------------------------------------------------------
+class PackedLoader:
+    """Infinite (or one-epoch) iterator of packed batches; its position is a small state dict.
+
+    Each batch is a dict of CPU tensors: input_ids, labels, position_ids [B, S] (int64), the varlen kwargs
+    cu_seq_lens_q/k (int32, over the flattened batch) and max_length_q/k (int), plus n_tokens (int: tokens
+    that are predicted, i.e. labels[:, 1:] != -100). With world_size > 1 every rank builds the same epoch
+    plan and takes its own B rows of each global batch, so all ranks share one position.
+    """
+
+    def __init__(self, sources: Sequence[DocumentSource], seq_len: int, batch_size: int,
+                 weights: Sequence[float] | None = None, seed: int = 0, shuffle: bool = True,
+                 infinite: bool = True, rank: int = 0, world_size: int = 1, pad_id: int = 0) -> None:
+        if seq_len < 2 or batch_size < 1:
+            raise SlamError(f"seq_len must be >= 2 and batch_size >= 1 (got {seq_len}, {batch_size})")
+        if not 0 <= rank < world_size:
+            raise SlamError(f"rank {rank} outside world size {world_size}")
+        self.sources = list(sources)
+        if not self.sources:
+            raise SlamError("no data sources given")
+        self.seq_len, self.batch_size = int(seq_len), int(batch_size)
+        self.weights = None if weights is None else [float(w) for w in weights]
+        self.seed, self.shuffle, self.infinite = int(seed), bool(shuffle), bool(infinite)
+        self.rank, self.world_size, self.pad_id = int(rank), int(world_size), int(pad_id)
+        self._lengths = [np.asarray(s.lengths(), dtype=np.int64) for s in self.sources]
+        self.epoch, self.batch = 0, 0
+        self._plan: EpochPlan | None = None
+        self._plan_epoch = -1
+
+    # --- position ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, int]:
+        """The position of the NEXT batch (save it with the checkpoint of the step that consumed the last)."""
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "seq_len": self.seq_len,
+                "global_batch_rows": self.batch_size * self.world_size, "epoch_tokens": self.plan().n_tokens}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key, mine in (("seed", self.seed), ("seq_len", self.seq_len),
+                          ("global_batch_rows", self.batch_size * self.world_size)):
+            if key in state and int(state[key]) != mine:
+                raise SlamError(f"data position was saved with {key}={state[key]}, this run has {mine}; "
+                                f"resume with the same data settings")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        if "epoch_tokens" in state and int(state["epoch_tokens"]) != self.plan().n_tokens:
+            raise SlamError(f"the data changed since the checkpoint (epoch had {state['epoch_tokens']} tokens, "
+                            f"now {self.plan().n_tokens}); resume with the same datasets")
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        """The epoch's document order (cached for the latest epoch asked for)."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        if self._plan_epoch != epoch or self._plan is None:
+            self._plan = plan_epoch(self._lengths, self.weights, self.seed, epoch, self.shuffle)
+            self._plan_epoch = epoch
+        return self._plan
+
+    @property
+    def batches_per_epoch(self) -> int:
+        rows = -(-self.plan().n_tokens // self.seq_len)
+        return -(-rows // (self.batch_size * self.world_size))
+
+    @property
+    def tokens_per_epoch(self) -> int:
+        return self.plan().n_tokens
+
+    # --- rows -------------------------------------------------------------------------------------------
+    def _row(self, plan: EpochPlan, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s = self.seq_len
+        ids = np.full(s, self.pad_id, dtype=np.int64)
+        pos = np.zeros(s, dtype=np.int64)
+        lab = np.full(s, IGNORE, dtype=np.int64)
+        a, end = r * s, min((r + 1) * s, plan.n_tokens)
+        filled = 0
+        if a < end:
+            d = int(np.searchsorted(plan.start, a, side="right")) - 1
+            while a < end:
+                d0, d1 = plan.start[d], plan.start[d + 1]
+                lo, hi = a - d0, min(end, d1) - d0
+                doc = self.sources[plan.source[d]].doc(int(plan.index[d]))
+                n = hi - lo
+                ids[filled:filled + n] = doc[lo:hi]
+                pos[filled:filled + n] = np.arange(n)
+                lab[filled + 1:filled + n] = doc[lo + 1:hi]  # the chunk's first token has no context
+                filled += n
+                a = d0 + hi
+                d += 1
+        if filled < s:  # only the epoch's last row: a padding segment of its own, never a target
+            pos[filled:] = np.arange(s - filled)
+        return ids, pos, lab
+
+    def make_batch(self, epoch: int, batch: int) -> dict[str, Any]:
+        """Batch `batch` of epoch `epoch` for this rank (pure: does not move the position)."""
+        plan = self.plan(epoch)
+        first = batch * self.batch_size * self.world_size + self.rank * self.batch_size
+        rows = [self._row(plan, first + i) for i in range(self.batch_size)]
+        ids, pos, lab = (np.stack(x) for x in zip(*rows))
+        return to_batch(ids, pos, lab)
+
+    def next_batch(self) -> dict[str, Any]:
+        if self.batch >= self.batches_per_epoch:
+            if not self.infinite:
+                raise StopIteration
+            self.epoch, self.batch = self.epoch + 1, 0
+        out = self.make_batch(self.epoch, self.batch)
+        self.batch += 1
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            try:
+                yield self.next_batch()
+            except StopIteration:
+                return
+
+
+def to_batch(input_ids: np.ndarray, position_ids: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """numpy rows -> the batch dict (adds the varlen boundaries, computed here on the host, once per batch)."""
+    from slam.attention import cu_seqlens_from_position_ids
+
+    cu, max_len = cu_seqlens_from_position_ids(position_ids)
+    cu_t = torch.from_numpy(cu)
+    return {
+        "input_ids": torch.from_numpy(np.ascontiguousarray(input_ids)),
+        "labels": torch.from_numpy(np.ascontiguousarray(labels)),
+        "position_ids": torch.from_numpy(np.ascontiguousarray(position_ids)),
+        "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": max_len, "max_length_k": max_len,
+        "n_tokens": int((labels[:, 1:] != IGNORE).sum()),
+    }
+
+
+def pack_documents(docs: Sequence[np.ndarray], seq_len: int, pad_id: int = 0) -> dict[str, Any]:
+    """All documents, in order, packed into as many rows as they need (tests, scoring, small jobs)."""
+    loader = PackedLoader([ArraySource(docs)], seq_len=seq_len, batch_size=1, shuffle=False, infinite=False,
+                          pad_id=pad_id)
+    plan = loader.plan()
+    n_rows = -(-plan.n_tokens // seq_len)
+    ids, pos, lab = (np.stack(x) for x in zip(*(loader._row(plan, r) for r in range(n_rows))))
+    return to_batch(ids, pos, lab)
+
+
+def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Move the tensors of a batch to a device (non-blocking; ints stay host-side, so no sync)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# --- loss ----------------------------------------------------------------------------------------------------
+def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The HF model inside DDP / torch.compile wrappers (for its config)."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of token NLLs, number of predicted tokens) of a packed batch.
+
+    Token-weighted on purpose: the loop sums both over micro-batches (and ranks) and divides once by the
+    global token count, so gradient accumulation equals one big batch exactly. Always `use_cache=False`, never
+    an attention_mask (an all-ones mask disables transformers' packing detection); the varlen boundaries are
+    passed only to models running "slam_varlen" attention.
+    """
+    from slam.attention import ATTN_NAME
+
+    kwargs: dict[str, Any] = {}
+    if getattr(_hf_model(model).config, "_attn_implementation", None) == ATTN_NAME:
+        kwargs = {k: batch[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                   **kwargs).logits
+    labels = batch["labels"][:, 1:]
+    logits = logits[:, :-1]
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+    return loss_sum, (labels != IGNORE).sum()
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: torch.device | str = "cpu",
+                  max_batches: int | None = None) -> tuple[float, int]:
+    """Mean per-token loss over batches (e.g. a one-epoch validation PackedLoader) and its token count."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i, batch in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        loss_sum, n = causal_lm_loss(model, batch_to(batch, device))
+        total += float(loss_sum)
+        count += int(n)
+    model.train(was_training)
+    return (total / count if count else float("nan")), count

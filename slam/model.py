@@ -1,0 +1,392 @@
+"""Speech LMs as HF causal LMs: TWIST init from a text LM, random init, and model folders (HF + slam.json).
+
+TWIST (Hassid et al. 2023) keeps a pretrained text LM's transformer body and replaces its vocabulary by the
+speech units; the Slam recipe does this on Qwen2.5-0.5B (358M parameters once the 151,936-row table shrinks
+to 502 rows), with RoPE theta 10,000 instead of Qwen's 1e6 and every dropout at 0.
+
+    model, info = twist_init("Qwen/Qwen2.5-0.5B", n_units=500)      # hub id or local folder
+    save_model(model, info, "runs/x/final")                         # config.json, model.safetensors, slam.json
+    model, info = load_model("runs/x/final")                        # also reads slamkit `UnitLM` folders
+    convert_slamkit("slam-published/", "slam-model/")               # or: slam convert SRC --out DST
+
+Vocabulary rows come from the SlamInfo layout (pad 0, <s> 1, units from 2 for speech-only models; an
+interleaved layout simply has a larger vocab_size and unit_offset), so one code path serves both.
+`use_cache` is switched off in every config slam writes: a cache built during a packed training forward
+silently lets documents attend to each other (../shared/gpu-notes.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from slam.errors import SlamError
+from slam.tokens import SLAM_JSON, SlamInfo
+from slam.utils import atomic_dir, commit_dir
+
+SLAMKIT_MODEL_TYPE = "speech_language_model"
+SLAMKIT_PREFIX = "lm."
+
+UnitInit = Literal["truncate", "fresh"]
+
+
+# --- config surgery ------------------------------------------------------------------------------------------
+def _is_dropout_key(key: str) -> bool:
+    k = key.lower()
+    return "dropout" in k or k.endswith("pdrop") or k == "layerdrop"
+
+
+def zero_dropout(config: Any) -> list[str]:
+    """Set every dropout probability of an HF config to 0 (names vary: dropout, attention_dropout,
+    hidden_dropout, resid_pdrop, layerdrop...). Returns the keys changed. Removing dropout helped the paper."""
+    changed = []
+    for key, value in config.to_dict().items():
+        if _is_dropout_key(key) and isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+            setattr(config, key, 0.0)
+            changed.append(key)
+    return changed
+
+
+def set_rope_theta(config: Any, theta: float) -> bool:
+    """Override the RoPE base where the family has RoPE (transformers 5 keeps it in `rope_parameters`,
+    possibly one dict per layer type). Returns False for families without RoPE (OPT: learned positions)."""
+    rp = getattr(config, "rope_parameters", None)
+    if isinstance(rp, dict) and "rope_theta" in rp:
+        rp["rope_theta"] = float(theta)
+        return True
+    if isinstance(rp, dict) and rp and all(isinstance(v, dict) for v in rp.values()):
+        for v in rp.values():
+            v["rope_theta"] = float(theta)
+        return True
+    if hasattr(config, "rope_theta"):
+        config.rope_theta = float(theta)
+        return True
+    return False
+
+
+def _set_special_ids(model: nn.Module, info: SlamInfo) -> None:
+    for cfg in (model.config, getattr(model, "generation_config", None)):
+        if cfg is None:
+            continue
+        cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = info.pad_id, info.bos_id, info.eos_id
+    # Cache off in the saved config too: loaders that forget use_cache=False must not leak documents.
+    model.config.use_cache = False
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.use_cache = True  # generation wants the cache; training never calls generate
+
+
+def _prepare_config(config: Any, rope_theta: float | None) -> dict[str, Any]:
+    changed = zero_dropout(config)
+    rope = set_rope_theta(config, rope_theta) if rope_theta is not None else False
+    config.use_cache = False
+    return {"dropout_zeroed": changed, "rope_theta": float(rope_theta) if rope else None}
+
+
+def _zero_dropout_modules(model: nn.Module) -> None:
+    """Belt and braces: modules that copied a dropout p at construction time."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+# --- vocabulary surgery --------------------------------------------------------------------------------------
+def _init_std(config: Any) -> float:
+    return float(getattr(config, "initializer_range", None) or getattr(config, "init_std", None) or 0.02)
+
+
+def replace_vocabulary(model: nn.Module, info: SlamInfo, unit_init: UnitInit = "truncate", seed: int = 0) -> None:
+    """Resize input embeddings and LM head to `info.vocab_size` rows, in place.
+
+    `truncate` (TWIST/slamkit: `resize_token_embeddings` keeps the first rows) copies the first rows of the
+    text tables; rows beyond the text vocabulary, and all rows with `fresh`, are drawn from N(0, init std)
+    with a seeded generator. Tied models stay tied (one tensor); untied heads get their own rows + bias.
+    """
+    if unit_init not in ("truncate", "fresh"):
+        raise SlamError(f"unit_init must be 'truncate' or 'fresh', got {unit_init!r}")
+    old_in = model.get_input_embeddings()
+    old_out = model.get_output_embeddings()
+    tied = old_out is not None and old_out.weight is old_in.weight
+    v_new, dim = info.vocab_size, old_in.weight.shape[1]
+    std = _init_std(model.config)
+    gen = torch.Generator().manual_seed(seed)
+
+    def rows(old: torch.Tensor, width: int) -> torch.Tensor:
+        new = torch.empty(v_new, width, dtype=torch.float32).normal_(0.0, std, generator=gen)
+        if unit_init == "truncate":
+            n = min(v_new, old.shape[0])
+            new[:n] = old[:n].float()
+        return new.to(old.dtype)
+
+    # padding_idx follows the new pad id (OPT's text table has padding_idx=1, which is our <s>: keeping it
+    # would freeze the gradient of the most frequent token).
+    emb = nn.Embedding(v_new, dim, padding_idx=info.pad_id, dtype=old_in.weight.dtype,
+                       device=old_in.weight.device)
+    with torch.no_grad():
+        emb.weight.copy_(rows(old_in.weight.data, dim))
+    model.set_input_embeddings(emb)
+    if old_out is not None:
+        out_dim = old_out.weight.shape[1]
+        head = nn.Linear(out_dim, v_new, bias=old_out.bias is not None, dtype=old_out.weight.dtype,
+                         device=old_out.weight.device)
+        with torch.no_grad():
+            if tied:
+                head.weight = emb.weight
+            else:
+                head.weight.copy_(rows(old_out.weight.data, out_dim))
+            if old_out.bias is not None:
+                bias = torch.zeros(v_new, dtype=old_out.bias.dtype)
+                if unit_init == "truncate":
+                    n = min(v_new, old_out.bias.shape[0])
+                    bias[:n] = old_out.bias.data[:n]
+                head.bias.copy_(bias)
+        model.set_output_embeddings(head)
+    model.config.vocab_size = v_new
+    if hasattr(model, "vocab_size"):
+        model.vocab_size = v_new
+    _set_special_ids(model, info)
+
+
+def twist_init(base: str | Path, n_units: int, unit_init: UnitInit = "truncate",
+               rope_theta: float | None = 10000.0, tokenizer: dict | None = None, tokenizer_hash: str = "",
+               seed: int = 0, info: SlamInfo | None = None, dtype: torch.dtype = torch.float32,
+               attn_implementation: str | None = "sdpa") -> tuple[nn.Module, SlamInfo]:
+    """TWIST init from any HF causal LM (hub id or local folder): body kept bit for bit, vocabulary replaced.
+
+    `info` gives another token layout (e.g. interleaved: text vocab + units + markers, with `truncate`
+    copying every text row and drawing the appended ones); by default the published speech-only layout.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if info is None:
+        info = SlamInfo(n_units=n_units, tokenizer=dict(tokenizer or {}), tokenizer_hash=tokenizer_hash)
+    elif info.n_units != n_units:
+        raise SlamError(f"n_units={n_units} disagrees with the given layout's n_units={info.n_units}")
+    info.base_model = str(base)
+    try:
+        config = AutoConfig.from_pretrained(str(base))
+    except OSError as e:
+        raise SlamError(f"cannot read a model config from {str(base)!r}: {e}") from e
+    # Config changes must precede construction: RoPE tables and dropout p are read in __init__.
+    changes = _prepare_config(config, rope_theta)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = AutoModelForCausalLM.from_pretrained(str(base), config=config, dtype=dtype, **kwargs)
+    _zero_dropout_modules(model)
+    text_vocab = model.get_input_embeddings().weight.shape[0]
+    replace_vocabulary(model, info, unit_init, seed)
+    info.extra.update({"init": "twist", "unit_init": unit_init, "seed": seed, "text_vocab_size": text_vocab,
+                       **changes})
+    model.train()
+    return model, info
+
+
+def random_init(config: str | Path | dict | Any, n_units: int, overrides: dict | None = None,
+                rope_theta: float | None = 10000.0, tokenizer: dict | None = None, tokenizer_hash: str = "",
+                seed: int = 0, info: SlamInfo | None = None, dtype: torch.dtype = torch.float32,
+                attn_implementation: str | None = "sdpa") -> tuple[nn.Module, SlamInfo]:
+    """GSLM-style ablation: the architecture only, every weight random (seeded).
+
+    `config` is a model type ("qwen2", "llama", "opt", "gpt_neox"), a folder or hub id whose config.json is
+    used, a config dict (with "model_type") or an HF config object; `overrides` sets fields (hidden_size...).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    overrides = dict(overrides or {})
+    if isinstance(config, PretrainedConfig):
+        cfg = config.__class__.from_dict({**config.to_dict(), **overrides})
+    elif isinstance(config, dict):
+        d = {**config, **overrides}
+        if "model_type" not in d:
+            raise SlamError("a config dict for random_init needs a 'model_type'")
+        cfg = AutoConfig.for_model(d.pop("model_type"), **d)
+    elif str(config) in CONFIG_MAPPING:
+        cfg = AutoConfig.for_model(str(config), **overrides)
+    else:
+        try:
+            cfg = AutoConfig.from_pretrained(str(config), **overrides)
+        except OSError as e:
+            raise SlamError(f"{str(config)!r} is neither a model type nor a model folder/hub id: {e}") from e
+    if info is None:
+        info = SlamInfo(n_units=n_units, tokenizer=dict(tokenizer or {}), tokenizer_hash=tokenizer_hash)
+    cfg.vocab_size = info.vocab_size
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = info.pad_id, info.bos_id, info.eos_id
+    changes = _prepare_config(cfg, rope_theta)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kwargs)
+    _zero_dropout_modules(model)
+    _set_special_ids(model, info)
+    info.base_model = None
+    info.extra.update({"init": "random", "seed": seed, "model_type": cfg.model_type, **changes})
+    model.train()
+    return model, info
+
+
+# --- model folders -------------------------------------------------------------------------------------------
+def save_model(model: nn.Module, info: SlamInfo, folder: str | Path) -> Path:
+    """Write an HF model folder (config.json, model.safetensors, generation_config.json) + slam.json,
+    atomically: everything goes to a temp sibling that is renamed onto `folder` at the end."""
+    folder = Path(folder)
+    if info.vocab_size != model.config.vocab_size:
+        raise SlamError(f"slam.json vocab_size {info.vocab_size} != model vocab_size {model.config.vocab_size}")
+    _set_special_ids(model, info)
+    tmp = atomic_dir(folder)
+    try:
+        # A custom attention name in config.json would make plain `from_pretrained` fail without slam.
+        impl = getattr(model.config, "_attn_implementation", None)
+        if impl and impl not in ("eager", "sdpa"):
+            model.config._attn_implementation = "sdpa"
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+        finally:
+            if impl and impl not in ("eager", "sdpa"):
+                model.config._attn_implementation = impl
+        info.save(tmp)
+        commit_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def _resolve_folder(src: str | Path) -> Path:
+    p = Path(src)
+    if p.is_dir():
+        return p
+    if p.exists() or str(src).startswith((".", "/")) or str(src).count("/") != 1:
+        raise SlamError(f"model folder {str(src)!r} does not exist")
+    from huggingface_hub import snapshot_download  # a hub id such as slprl/slam
+
+    try:
+        return Path(snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, unknown repo, ...: one clear line
+        raise SlamError(f"{src!r} is not a local folder and could not be fetched from the hub: {e}") from e
+
+
+def is_slamkit_folder(folder: str | Path) -> bool:
+    cfg = Path(folder) / "config.json"
+    return cfg.exists() and json.loads(cfg.read_text()).get("model_type") == SLAMKIT_MODEL_TYPE
+
+
+def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               attn_implementation: str | None = None) -> tuple[nn.Module, SlamInfo]:
+    """A slam model folder, or a published slamkit `UnitLM` folder (read directly, no conversion needed).
+
+    dtype None keeps the stored dtype; training passes torch.float32 (master weights). The returned model
+    is in eval mode with `use_cache=False` in its config.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if attn_implementation == "slam_varlen":
+        import slam.attention  # noqa: F401  (registers the attention function)
+    folder = _resolve_folder(folder)
+    if not (folder / "config.json").exists():
+        raise SlamError(f"{folder}: not a model folder (config.json is missing)")
+    if is_slamkit_folder(folder):
+        model, info = _load_slamkit(folder, dtype, attn_implementation)
+    else:
+        info = SlamInfo.load(folder)
+        kwargs: dict[str, Any] = {"dtype": dtype if dtype is not None else "auto"}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        if model.config.vocab_size != info.vocab_size:
+            raise SlamError(f"{folder}: config vocab_size {model.config.vocab_size} != slam.json "
+                            f"vocab_size {info.vocab_size}")
+    model.config.use_cache = False
+    model.to(device)
+    model.eval()
+    return model, info
+
+
+def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (folder / "model.safetensors").exists():
+        files = ["model.safetensors"]
+    else:
+        raise SlamError(f"{folder}: no model.safetensors (slam reads safetensors only, never pickles)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(folder / f)))
+    return state
+
+
+def _load_slamkit(folder: Path, dtype: torch.dtype | None, attn_implementation: str | None
+                  ) -> tuple[nn.Module, SlamInfo]:
+    """slamkit `UnitLM`: config {model_type: speech_language_model, base_model_name, base_config: {...},
+    vocab_size, ...}, weights `lm.<HF causal LM key>`. Every layout fact is read from the files and checked."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    top = json.loads((folder / "config.json").read_text())
+    base = top.get("base_config")
+    if not isinstance(base, dict) or "model_type" not in base:
+        raise SlamError(f"{folder}: slamkit config has no nested base_config with a model_type")
+    vocab = int(top.get("vocab_size") or base.get("vocab_size") or 0)
+    ids = {k: base.get(f"{k}_token_id", top.get(f"{k}_token_id")) for k in ("pad", "bos", "eos")}
+    if isinstance(ids["eos"], list):
+        ids["eos"] = ids["eos"][0] if len(ids["eos"]) == 1 else ids["eos"]
+    if ids != {"pad": 0, "bos": 1, "eos": 1} or vocab < 3:
+        raise SlamError(f"{folder}: slamkit layout mismatch: expected pad 0, bos 1, eos 1 and units from 2, "
+                        f"found {ids} with vocab_size {vocab}")
+    cfg_dict = {k: v for k, v in base.items() if k not in ("model_type", "_name_or_path", "torch_dtype", "dtype")}
+    config = AutoConfig.for_model(base["model_type"], **cfg_dict)
+    config.vocab_size = vocab
+    config.use_cache = False
+
+    state = _read_safetensors(folder)
+    foreign = [k for k in state if not k.startswith(SLAMKIT_PREFIX)]
+    if foreign:
+        raise SlamError(f"{folder}: expected every weight under '{SLAMKIT_PREFIX}', found e.g. {foreign[0]!r}")
+    state = {k[len(SLAMKIT_PREFIX):]: v for k, v in state.items()}
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    store_dtype = next(iter(state.values())).dtype
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or store_dtype, **kwargs)
+    rows = model.get_input_embeddings().weight.shape[0]
+    emb_key = next((k for k in state if k.endswith("embed_tokens.weight") or k.endswith("embed_in.weight")), None)
+    if emb_key is not None and state[emb_key].shape[0] != rows:
+        raise SlamError(f"{folder}: {emb_key} has {state[emb_key].shape[0]} rows, config vocab_size is {vocab}")
+    result = model.load_state_dict(state, strict=False)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in result.missing_keys if not (tied and k.endswith("lm_head.weight"))]
+    if missing or result.unexpected_keys:
+        raise SlamError(f"{folder}: slamkit weights do not fit a {base['model_type']} of this config: "
+                        f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+    if tied:
+        model.tie_weights()
+    info = SlamInfo(n_units=vocab - 2, base_model=top.get("base_model_name"),
+                    extra={"converted_from": "slamkit UnitLM", "source": str(folder),
+                           "twist_init": top.get("twist_init")})
+    _set_special_ids(model, info)
+    return model, info
+
+
+def convert_slamkit(src: str | Path, dst: str | Path, tokenizer: dict | None = None, tokenizer_hash: str = "",
+                    dtype: torch.dtype | None = None) -> tuple[Path, SlamInfo]:
+    """Published slamkit folder (or hub id) -> slam model folder that plain `from_pretrained` loads."""
+    folder = _resolve_folder(src)
+    if not is_slamkit_folder(folder):
+        raise SlamError(f"{src}: not a slamkit UnitLM folder (config.json model_type != {SLAMKIT_MODEL_TYPE!r})")
+    model, info = load_model(folder, dtype=dtype)
+    if tokenizer:
+        info.tokenizer = dict(tokenizer)
+        info.tokenizer_hash = tokenizer_hash
+    return save_model(model, info, dst), info
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (a tied head counts once), as the paper counts them (358,347,904 for Slam)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+__all__ = ["twist_init", "random_init", "save_model", "load_model", "convert_slamkit", "replace_vocabulary",
+           "zero_dropout", "set_rope_theta", "is_slamkit_folder", "count_parameters", "SLAM_JSON"]
