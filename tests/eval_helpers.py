@@ -35,3 +35,35 @@ def save_model_folder(folder: Path, model, info: SlamInfo) -> Path:
     else:
         save_model(model, info, folder)
     return folder
+
+
+class EnergyTokenizer:
+    """A deterministic stand-in speech tokenizer for reader/scoring tests: one unit per 640-sample frame,
+    the frame's RMS quantised into n_units log-spaced bins. (End-to-end tests use the real mel tokenizer.)"""
+
+    kind = "energy"
+    frame_rate = 25.0
+
+    def __init__(self, n_units: int = 20, tag: str = "a"):
+        self.n_units = n_units
+        self.hash = f"energy-{n_units}-{tag}"
+        self.calls = 0
+
+    def encode(self, wav):
+        import numpy as np
+
+        self.calls += 1
+        t = len(wav) // 640
+        frames = np.asarray(wav[: t * 640], dtype=np.float64).reshape(t, 640)
+        rms = np.sqrt((frames ** 2).mean(1) + 1e-12)
+        return np.clip(((np.log10(rms) + 4) / 4 * self.n_units).astype(int), 0, self.n_units - 1)
+
+
+def write_wav(path, seconds: float, seed: int):
+    import soundfile as sf
+
+    from conftest import synth_speechlike
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, synth_speechlike(seconds, seed=seed), 16000)
+    return path
