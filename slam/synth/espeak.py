@@ -1,0 +1,206 @@
+"""The espeak-ng TTS backend, through the engine's own C library (libespeak-ng, part of the espeak-ng package).
+
+Why the library and not the `espeak-ng` command: one process start per sentence costs more than the
+synthesis itself (bench/synth.py measures both), and `espeak-ng --stdout` gives no word times. The library
+in synchronous mode hands back the samples together with its word events (text position + sample index),
+so word start times come from the engine itself, at no extra cost. Word ends are the next word's start
+pulled back over the silence between them (a 10 ms energy gate), since espeak reports only starts.
+
+A voice is `LANGUAGE[+VARIANT][@RATE]`: `en-us`, `en-gb+f3@150` (variant f3 of British English at 150
+words per minute; espeak's default rate is 175). Variants are the files of espeak-ng-data/voices/!v (f1-f5,
+m1-m8, ...). The engine speaks at 22050 Hz; output is resampled to 16 kHz mono float32 with soxr.
+
+espeak-ng keeps global state, so there is one engine per process: workers are processes, never threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import re
+
+import numpy as np
+import soxr
+
+from slam.errors import MissingDependencyError, SlamError
+
+INSTALL = "install it with: apt-get install -y espeak-ng"
+
+# speak_lib.h constants
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_DONT_EXIT = 0x8000
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+_RATE = 1
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", ctypes.c_char * 8)]
+
+
+class _Voice(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("languages", ctypes.c_void_p), ("identifier", ctypes.c_char_p),
+                ("gender", ctypes.c_ubyte), ("age", ctypes.c_ubyte), ("variant", ctypes.c_ubyte),
+                ("xx1", ctypes.c_ubyte), ("score", ctypes.c_int), ("spare", ctypes.c_void_p)]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+
+VOICE = re.compile(r"^(?P<lang>[a-z]{2,3}(?:-[A-Za-z0-9]+)*)(?:\+(?P<variant>[A-Za-z0-9_]+))?(?:@(?P<rate>\d+))?$")
+
+# Four speakers for variety: two accents, male and female variants, rates 150-185 words per minute.
+DEFAULT_VOICES = ("en-us@170", "en-gb+f3@155", "en-us+m3@185", "en-gb-x-rp+f2@165")
+
+
+def parse_voice(voice: str) -> tuple[str, str | None, int]:
+    m = VOICE.match(voice)
+    if not m:
+        raise SlamError(f"bad espeak voice {voice!r}: expected LANGUAGE[+VARIANT][@RATE], e.g. en-gb+f3@150")
+    rate = int(m["rate"]) if m["rate"] else 175
+    if not 80 <= rate <= 450:
+        raise SlamError(f"espeak voice {voice!r}: rate {rate} words/min is outside espeak's 80-450")
+    return m["lang"], m["variant"], rate
+
+
+class EspeakBackend:
+    """`synthesize(text, voice) -> (16 kHz mono float32 wav, [(word, start_s, end_s), ...])`."""
+
+    name = "espeak"
+    sample_rate = 16000
+    default_voices = DEFAULT_VOICES
+
+    _lib = None  # one engine per process (see module docstring)
+    _pid = None
+
+    def __init__(self) -> None:
+        self._load()
+        self._chunks: list[np.ndarray] = []
+        self._events: list[tuple[int, int]] = []
+        self._callback = _CALLBACK(self._on_audio)  # kept referenced: the C side holds only a pointer
+        self._lib.espeak_SetSynthCallback(self._callback)
+        self._voice: str | None = None
+        self._identifiers = self._list_voices()
+
+    @classmethod
+    def _load(cls) -> None:
+        if cls._lib is not None and cls._pid == os.getpid():
+            return
+        path = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise MissingDependencyError(f"espeak-ng (libespeak-ng) is not installed ({e}); {INSTALL}") from e
+        # 200 ms buffers: ~10 callbacks for a 2 s sentence instead of ~35 with the default 60 ms
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 200, None, _INITIALIZE_DONT_EXIT)
+        if rate <= 0:
+            raise MissingDependencyError(f"espeak-ng could not start (its voice data is missing?); {INSTALL}")
+        lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_Voice))
+        lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
+        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+        cls._lib, cls._pid, cls.engine_rate = lib, os.getpid(), rate
+
+    def _list_voices(self) -> dict[str, str]:
+        """language code -> voice file identifier, e.g. en-gb -> gmw/en (espeak_ListVoices)."""
+        out: dict[str, str] = {}
+        voices = self._lib.espeak_ListVoices(None)
+        i = 0
+        while voices[i]:
+            v = voices[i].contents
+            # `languages` is a list of (priority byte, NUL-terminated code), ended by a zero priority byte
+            j = 0
+            while ctypes.string_at(v.languages + j, 1) != b"\0":
+                code = ctypes.string_at(v.languages + j + 1).decode()
+                out.setdefault(code.lower(), v.identifier.decode())
+                j += len(code) + 2
+            i += 1
+        return out
+
+    def set_voice(self, voice: str) -> None:
+        if voice == self._voice:
+            return
+        lang, variant, rate = parse_voice(voice)
+        ident = self._identifiers.get(lang.lower())
+        if ident is None:
+            raise SlamError(f"espeak-ng has no voice for language {lang!r} (see `espeak-ng --voices`)")
+        want = f"{ident}+{variant}" if variant else ident
+        if self._lib.espeak_SetVoiceByName(want.encode()) != 0:
+            raise SlamError(f"espeak-ng cannot set voice {voice!r} ({want})")
+        got = self._lib.espeak_GetCurrentVoice().contents.identifier.decode()
+        if got != want:  # espeak silently drops an unknown variant: refuse instead of speaking the wrong voice
+            raise SlamError(f"espeak voice {voice!r}: unknown variant {variant!r} (see espeak-ng-data/voices/!v)")
+        self._lib.espeak_SetParameter(_RATE, rate, 0)
+        self._voice = voice
+
+    def _on_audio(self, wav, n, events) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+        i = 0
+        while events[i].type != _EVENT_LIST_TERMINATED:
+            if events[i].type == _EVENT_WORD:
+                self._events.append((events[i].text_position, events[i].sample))
+            i += 1
+        return 0
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        self.set_voice(voice)
+        self._chunks, self._events = [], []
+        data = text.encode()
+        err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if err != 0:
+            raise SlamError(f"espeak-ng failed on this text (error {err})")
+        raw = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
+        audio = soxr.resample(raw.astype(np.float32) / 32768.0, self.engine_rate, self.sample_rate)
+        audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
+        starts = [(pos, sample / self.engine_rate) for pos, sample in self._events]
+        return audio, word_times(text, starts, audio, self.sample_rate)
+
+
+def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr: int) -> list[tuple[str, float, float]]:
+    """Word (start, end) seconds from the engine's word starts (1-based character position, seconds).
+
+    Every word of the text gets a span. A word espeak joined to its neighbour without an event of its own
+    ("in the" is one event) shares that event's span, split in proportion to letters. Ends: the next word's
+    start, pulled back to the last 10 ms frame above 2% of the utterance's peak energy (the pause before
+    a sentence boundary is not part of the word); the last word ends at the last such frame."""
+    words = [(m.start(), re.sub(r"^\W+|\W+$", "", m.group())) for m in re.finditer(r"\S+", text)]
+    words = [(pos, w) for pos, w in words if w]
+    if not words:
+        return []
+    total = len(audio) / sr
+    # event -> index of the word holding that character (events on punctuation are dropped)
+    start_of: dict[int, float] = {}
+    for pos, t in starts:
+        k = max((i for i, (p, _) in enumerate(words) if p <= pos - 1), default=0)
+        start_of.setdefault(k, min(t, total))
+    start_of.setdefault(0, 0.0)
+    # frame energy for the silence gate
+    hop = sr // 100
+    n = len(audio) // hop
+    energy = (audio[: n * hop].reshape(n, hop) ** 2).mean(axis=1) if n else np.zeros(0)
+    voiced = energy > 0.02 * energy.max() if n else np.zeros(0, bool)
+
+    def last_voiced(a: float, b: float) -> float:
+        i0, i1 = int(a * 100), min(n, int(np.ceil(b * 100)))
+        idx = np.flatnonzero(voiced[i0:i1])
+        return b if idx.size == 0 else min(b, (i0 + idx[-1] + 1) / 100)
+
+    anchors = sorted(start_of)  # word indices that have an engine start
+    out: list[tuple[str, float, float]] = []
+    for a_i, k in enumerate(anchors):
+        k_next = anchors[a_i + 1] if a_i + 1 < len(anchors) else len(words)
+        t0 = start_of[k]
+        t1 = start_of[k_next] if k_next < len(words) else total
+        t1 = max(t0, last_voiced(t0, t1))
+        group = words[k:k_next]
+        letters = np.cumsum([0] + [len(w) for _, w in group])
+        for j, (_, w) in enumerate(group):
+            a = t0 + (t1 - t0) * letters[j] / letters[-1]
+            b = t0 + (t1 - t0) * letters[j + 1] / letters[-1]
+            out.append((w, round(float(a), 3), round(float(b), 3)))
+    return out
