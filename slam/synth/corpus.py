@@ -70,7 +70,7 @@ TOPICS: tuple[Topic, ...] = (
     Topic("sea", ("beach", "shore", "harbor"),
           (("shell", "shells"), ("crab", "crabs"), ("boat", "boats"), ("seal", "seals"), ("pebble", "pebbles"),
            ("starfish", "starfishes")),
-          (("find", "finds", "found"), ("spot", "spots", "spotted"), ("follow", "follows", "followed"),
+          (("collect", "collects", "collected"), ("spot", "spots", "spotted"), ("follow", "follows", "followed"),
            ("photograph", "photographs", "photographed")),
           ("wet", "sandy", "salty")),
     Topic("kitchen", ("kitchen", "bakery", "cafe"),
@@ -194,7 +194,7 @@ class Generator:
         place = self.pick(t.places)
         if friend is not None:
             return self.pick((f"{h.name} and {friend.name} went to the {place}.",
-                              f"{h.name} played with {friend.name} at the {place}."))
+                              f"{h.name} met {friend.name} at the {place}."))
         return self.pick((f"{h.name} went to the {place}.", f"One day {h.name} walked to the {place}.",
                           f"{h.name} was at the {place}.", f"{h.name} liked the {place}."))
 
@@ -298,7 +298,7 @@ def _names_in(sentence: str) -> set[str]:
 
 
 def story_cloze_item(g: Generator, group: str) -> tuple[str, str, str] | None:
-    """(prefix, coherent ending, contradicting ending) with both endings on the eval side, or None."""
+    """(prefix, coherent ending, contradicting ending), all on the generator's side, or None."""
     st = g.story(int(g.rng.integers(3, 6)), ending=group)
     if st["kind"] != group:
         return None
@@ -319,7 +319,7 @@ def story_cloze_item(g: Generator, group: str) -> tuple[str, str, str] | None:
     else:  # feeling: the opposite valence
         opposite = BAD_FEELINGS if st["good"] else GOOD_FEELINGS
         candidates = [end.replace(st["feeling"], f) for f in opposite]
-    candidates = [c for c in candidates if c != end and is_eval(c)]
+    candidates = [c for c in candidates if c != end and is_eval(c) == g.eval_side]
     if not candidates:
         return None
     return " ".join(st["body"]), end, g.pick(candidates)
@@ -344,7 +344,7 @@ def topic_cloze_item(g: Generator) -> tuple[str, str, str, str] | None:
     other_t = g.pick([x for x in TOPICS if x is not t])
     other = g.story(3, ending=st["kind"], topic=other_t)
     wrong = _retarget_ending(other["ending"], other["hero"], st["hero"])
-    if wrong == st["ending"] or not is_eval(wrong):
+    if wrong == st["ending"] or is_eval(wrong) != g.eval_side:
         return None
     return " ".join(st["body"]), st["ending"], wrong, t.name
 
