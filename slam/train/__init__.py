@@ -1,0 +1,1 @@
+"""Pre-training: recipe schema, budget, schedule, optimisers, checkpoints, distribution and the loop."""
