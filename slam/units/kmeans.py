@@ -140,13 +140,15 @@ class KMeans:
     def dim(self) -> int:
         return int(self.centroids.shape[1])
 
-    def content_hash(self) -> str:
+    def content_hash(self, with_params: bool = True) -> str:
         """sha256 of the numbers that decide units (centroids, mean, std, feature params), not of the file:
-        the same centroids read from the .bin, a .npy or slam's .npz hash the same."""
+        the same centroids read from the .bin, a .npy or slam's .npz hash the same. HuBERT tokenizers hash
+        without params (they only name the model, which is hashed by its weights instead)."""
         parts: list[bytes | str] = [f"{self.centroids.shape}", self.centroids.tobytes()]
         for v in (self.mean, self.std):
             parts.append(b"-" if v is None else v.tobytes())
-        parts.append(json.dumps(self.params, sort_keys=True))
+        if with_params:
+            parts.append(json.dumps(self.params, sort_keys=True))
         return sha256_bytes(*parts)
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, ...]:

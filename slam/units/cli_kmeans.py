@@ -1,0 +1,136 @@
+"""`slam fit-kmeans AUDIO --tokenizer mel|hubert --units K --out FILE.npz`: the k-means of a tokenizer.
+
+    slam fit-kmeans corpus/ --tokenizer mel --units 200 --out km200.npz
+    slam fit-kmeans corpus/ --tokenizer hubert --model slprl/mhubert-base-25hz --layer 11 --units 500 \\
+        --out km500.npz
+    slam tokenize corpus/ --tokenizer km200.npz --out units/      # the .npz is a complete tokenizer spec
+
+Frames are sampled from files in a seeded random order, at most `--max-frames` in all and an even share per
+file (so one long file cannot dominate), then clustered by scikit-learn MiniBatchKMeans. The mel tokenizer
+standardises frames (mean/std stored in the file); HuBERT features are clustered raw, as the published
+k-means were. Same audio + same seed -> the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slam.audio import find_audio, load_audio
+from slam.errors import AudioError, SlamError
+from slam.units.kmeans import fit_kmeans
+from slam.units.melkmeans import MelFeatures, MelParams
+from slam.utils import format_duration
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("audio", help="folder (searched recursively) or manifest.jsonl")
+    p.add_argument("--tokenizer", required=True, choices=("mel", "hubert"))
+    p.add_argument("--units", type=int, required=True, help="number of clusters K")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--model", default="slprl/mhubert-base-25hz", help="hubert: hub id or local folder")
+    p.add_argument("--layer", type=int, default=11, help="hubert: transformer layer whose output is clustered")
+    p.add_argument("--max-frames", type=int, default=500_000,
+                   help="frames sampled for fitting (500k = 5.6 h of audio at 25 Hz)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--features", default="logmel", choices=("logmel", "mfcc"), help="mel: frame features")
+    p.add_argument("--n-mels", type=int, default=80, help="mel: mel bands")
+    p.add_argument("--batch-size", type=int, default=16, help="hubert: files per forward pass")
+    p.add_argument("--device", default=None, help="hubert: device (default cuda when present)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise SlamError(f"--out {out}: the k-means file must end in .npz")
+    if args.units < 2 or args.units > 65535:
+        raise SlamError("--units must lie in 2..65535 (units are stored as uint16)")
+    items = find_audio(args.audio)
+    if not items:
+        raise SlamError(f"{args.audio}: no audio files found")
+    order = np.random.default_rng(args.seed).permutation(len(items))
+    per_file = max(1, math.ceil(2 * args.max_frames / len(items)))  # 2x the even share: short files exist
+    rng = np.random.default_rng(args.seed + 1)
+
+    if args.tokenizer == "mel":
+        mel = MelFeatures(MelParams(features=args.features, n_mels=args.n_mels))
+        params = {"kind": "mel", **mel.params.to_dict()}
+
+        def featurise(wavs: list[np.ndarray]) -> list[np.ndarray]:
+            return [mel(w) for w in wavs]
+        batch = 1
+    else:
+        from slam.units.hubert import HubertFeatures
+        from slam.units.tokenizer import _model_ref
+
+        ref, _ = _model_ref(args.model, Path.cwd())
+        enc = HubertFeatures(ref, args.layer, device=args.device)
+        params = {"kind": "hubert", "model": ref, "layer": args.layer}
+
+        def featurise(wavs: list[np.ndarray]) -> list[np.ndarray]:
+            ok = [w for w in wavs if enc.n_frames(len(w)) >= 1]
+            return [f.cpu().numpy() for f in enc(ok, batch_size=args.batch_size)] if ok else []
+        batch = max(1, args.batch_size)
+
+    t0 = time.perf_counter()
+    taken: list[np.ndarray] = []
+    n_frames = n_files = n_bad = 0
+    seconds = 0.0
+    # files are the unit of work (the frame total is unknown until decoded); stops early at --max-frames
+    bar = tqdm(total=len(items), desc=f"sample frames ({args.tokenizer})", unit="file", dynamic_ncols=True)
+    pending: list[np.ndarray] = []
+
+    def consume() -> None:
+        nonlocal n_frames
+        for f in featurise(pending):
+            if len(f) > per_file:
+                f = f[np.sort(rng.choice(len(f), per_file, replace=False))]
+            f = f[: args.max_frames - n_frames]
+            taken.append(f.astype(np.float32))
+            n_frames += len(f)
+        bar.update(len(pending))
+        bar.set_postfix_str(f"{n_frames:,}/{args.max_frames:,} frames", refresh=False)
+        pending.clear()
+
+    for idx in order:
+        if n_frames >= args.max_frames:
+            break
+        _, path, _ = items[idx]
+        try:
+            wav = load_audio(path)
+        except AudioError as e:
+            n_bad += 1
+            bar.write(f"skipped: {e}")
+            bar.update(1)
+            continue
+        pending.append(wav)
+        n_files += 1
+        seconds += len(wav) / 16000
+        if len(pending) >= batch:
+            consume()
+    if pending:
+        consume()
+    bar.close()
+    if n_frames < args.units:
+        raise SlamError(f"{args.audio}: only {n_frames} frames from {n_files} files, fewer than --units "
+                        f"{args.units}; give more audio")
+    frames = np.concatenate(taken)
+    t1 = time.perf_counter()
+    print(f"fitting {args.units} clusters on {n_frames:,} frames of dim {frames.shape[1]} ...", flush=True)
+    km = fit_kmeans(frames, args.units, seed=args.seed, standardise=args.tokenizer == "mel", params=params)
+    km.save(out)
+    units = km.predict(frames)
+    used = int(np.unique(units).size)
+    t2 = time.perf_counter()
+    print(f"Fitted {args.units}-means for the {args.tokenizer} tokenizer on {n_frames:,} frames sampled from "
+          f"{n_files} files ({seconds / 3600:.2f} h; {n_bad} unreadable files skipped) in "
+          f"{format_duration(t2 - t0)} (features {format_duration(t1 - t0)}, clustering "
+          f"{format_duration(t2 - t1)}); {used} of {args.units} units used on the sample. Wrote {out}; use "
+          f"it as --tokenizer {out}.")
+    return 0
