@@ -158,4 +158,44 @@ def use_varlen_attention(model: torch.nn.Module) -> None:
     model.set_attn_implementation(ATTN_NAME)
 
 
+@torch.no_grad()
+def packing_leaks(model: torch.nn.Module) -> bool:
+    """Probe: does the model's CURRENT attention path let a packed document see its neighbour?
+
+    Runs one row holding two short documents (position_ids restarting, no mask, no cache) and compares the
+    second document's logits with the document run alone. transformers' SDPA path passes for Qwen2, Llama
+    and GPT-NeoX but fails for OPT, whose mask builder never receives position_ids (checked on 5.23).
+    Only a float32 model can be judged exactly; anything else counts as leaking (use varlen, always safe).
+    """
+    if next(model.parameters()).dtype != torch.float32:
+        return True
+    dev = next(model.parameters()).device
+    top = max(3, min(int(model.config.vocab_size) - 1, 50))
+    a = torch.tensor([1, 2, 3, 2, 1]) % top
+    b = torch.tensor([1, 3, 2, top - 1, 2, 1]) % top
+    ids = torch.cat([a, b])[None].to(dev)
+    pos = torch.cat([torch.arange(len(a)), torch.arange(len(b))])[None].to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        packed = model(input_ids=ids, position_ids=pos, use_cache=False).logits[0, len(a):]
+        alone = model(input_ids=b[None].to(dev), use_cache=False).logits[0]
+    finally:
+        model.train(was_training)
+    return not torch.allclose(packed, alone, rtol=1e-4, atol=1e-5)
+
+
+def prepare_packed_attention(model: torch.nn.Module) -> str:
+    """Choose the attention path for packed rows and return its name.
+
+    CUDA: always "slam_varlen" (FlashAttention-2 varlen kernel; no dense mask, no repeat_kv copy).
+    CPU: keep the model's SDPA path when the probe shows it separates documents (one fused SDPA call per
+    layer; about as fast as the per-document reference at context 512 on 2 cores), else switch to
+    "slam_varlen", whose CPU reference is exact for every family.
+    """
+    if next(model.parameters()).device.type == "cuda" or packing_leaks(model):
+        use_varlen_attention(model)
+    return model.config._attn_implementation
+
+
 register()
