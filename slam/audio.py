@@ -77,7 +77,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     except sf.LibsndfileError as e:
         # libsndfile's messages are precise ("Format not recognised.", "flac decoder lost sync."); keep them.
         reason = str(e.error_string if hasattr(e, "error_string") else e).strip().rstrip(".")
-        kind = "not a recognised audio file" if "ecognised" in reason else "corrupt or unsupported audio"
+        # (the file exists and is regular, checked above: libsndfile's "does not exist ... pipe?" is what
+        # its mp3 probe says about bytes it cannot parse)
+        unknown = "ecognised" in reason or "not a regular file" in reason
+        kind = "not a recognised audio file" if unknown else "corrupt or unsupported audio"
         raise AudioError(f"{path}: {kind} ({reason})") from None
     except (OSError, RuntimeError, ValueError) as e:
         raise AudioError(f"{path}: unreadable ({e})") from None
