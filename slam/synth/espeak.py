@@ -4,7 +4,7 @@ Why the library and not the `espeak-ng` command: one process start per sentence 
 synthesis itself (bench/synth.py measures both), and `espeak-ng --stdout` gives no word times. The library
 in synchronous mode hands back the samples together with its word events (text position + sample index),
 so word start times come from the engine itself, at no extra cost. Word ends are the next word's start
-pulled back over the silence between them (a 10 ms energy gate), since espeak reports only starts.
+pulled back over the silence between them (a 10 ms energy gate at -30 dB), since espeak reports only starts.
 
 A voice is `LANGUAGE[+VARIANT][@RATE]`: `en-us`, `en-gb+f3@150` (variant f3 of British English at 150
 words per minute; espeak's default rate is 175). Variants are the files of espeak-ng-data/voices/!v (f1-f5,
@@ -166,7 +166,7 @@ def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr
 
     Every word of the text gets a span. A word espeak joined to its neighbour without an event of its own
     ("in the" is one event) shares that event's span, split in proportion to letters. Ends: the next word's
-    start, pulled back to the last 10 ms frame above 2% of the utterance's peak energy (the pause before
+    start, pulled back to the last 10 ms frame within 30 dB of the utterance's loudest frame (the pause before
     a sentence boundary is not part of the word); the last word ends at the last such frame."""
     words = [(m.start(), re.sub(r"^\W+|\W+$", "", m.group())) for m in re.finditer(r"\S+", text)]
     words = [(pos, w) for pos, w in words if w]
@@ -183,7 +183,7 @@ def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr
     hop = sr // 100
     n = len(audio) // hop
     energy = (audio[: n * hop].reshape(n, hop) ** 2).mean(axis=1) if n else np.zeros(0)
-    voiced = energy > 0.02 * energy.max() if n else np.zeros(0, bool)
+    voiced = energy > 1e-3 * energy.max() if n else np.zeros(0, bool)
 
     def last_voiced(a: float, b: float) -> float:
         i0, i1 = int(a * 100), min(n, int(np.ceil(b * 100)))

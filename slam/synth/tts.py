@@ -115,9 +115,11 @@ def _speak(job: tuple[Utterance, str]) -> dict:
     """Synthesise one utterance and write its wav; returns its manifest row or its reject row."""
     u, out_dir = job
     try:
+        if not u.text.strip():
+            raise SlamError("empty text")
         wav, words = _backend.synthesize(u.text, u.voice)
-        if wav.size < SAMPLE_RATE // 100 or not np.isfinite(wav).all():
-            raise SlamError(f"no usable audio ({wav.size} samples)")
+        if wav.size < SAMPLE_RATE // 100 or not np.isfinite(wav).all() or np.abs(wav).max() < 1e-3:
+            raise SlamError(f"no usable audio ({wav.size} samples, silent or not finite)")
         buf = io.BytesIO()
         sf.write(buf, wav, SAMPLE_RATE, format="WAV", subtype="PCM_16")
         rel = f"wavs/{u.id}.wav"
