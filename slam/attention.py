@@ -195,6 +195,7 @@ def prepare_packed_attention(model: torch.nn.Module) -> str:
     """
     if next(model.parameters()).device.type == "cuda" or packing_leaks(model):
         use_varlen_attention(model)
+    model._slam_packing_checked = True  # causal_lm_loss need not probe again
     return model.config._attn_implementation
 
 

@@ -118,6 +118,11 @@ def test_leaks_are_detected():
     assert packing_leaks(opt)  # OPT's SDPA path ignores position_ids when building its mask
     assert prepare_packed_attention(opt) == ATTN_NAME and not packing_leaks(opt)
     assert prepare_packed_attention(model) == "sdpa"
+    # the loss guards itself: its first call on a leaking model switches it to varlen (with a warning)
+    opt2, _ = random_init("opt", K, overrides=TINY["opt"], seed=1)
+    with pytest.warns(UserWarning, match="attend to each other"):
+        causal_lm_loss(opt2, batch)
+    assert opt2.config._attn_implementation == ATTN_NAME
 
 
 def test_gradient_accumulation_equals_big_batch():
