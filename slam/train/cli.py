@@ -23,12 +23,12 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 def resolve_recipe(recipe: str) -> tuple[Path, list[str]]:
     """A YAML file, a shipped recipe name, or a run folder (then its config.yaml and resume=true)."""
     p = Path(recipe)
-    if p.is_dir():
-        if not (p / "config.yaml").exists():
-            raise ConfigError(f"recipe: {recipe!r} is a folder without config.yaml (not a run folder)")
+    if p.is_dir() and (p / "config.yaml").exists():
         return p / "config.yaml", [f"out={p}", "resume=true"]
-    if not p.exists() and (RECIPES / f"{recipe}.yaml").exists():
+    if "/" not in recipe and (RECIPES / f"{recipe}.yaml").exists():
         return RECIPES / f"{recipe}.yaml", []
+    if p.is_dir():
+        raise ConfigError(f"recipe: {recipe!r} is a folder without config.yaml (not a run folder)")
     return p, []
 
 

@@ -1,0 +1,196 @@
+"""The training loop end to end on a tiny model: run folder, resume == uninterrupted (also after a kill in
+the middle of a checkpoint write), NaN recovery, time budget, accumulation invariance, 2 gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from slam.train import checkpoint
+from slam.train.cli import load
+from slam.train.loop import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def units(tmp_path_factory):
+    """~6k tokens of learnable unit sequences (arithmetic progressions mod 16)."""
+    from slam.units.dataset import UnitsWriter
+
+    out = tmp_path_factory.mktemp("units") / "ds"
+    rng = np.random.default_rng(0)
+    with UnitsWriter(out, {"n_units": 16, "tokenizer_hash": "t", "dedup": True}) as w:
+        for i in range(120):
+            n = int(rng.integers(8, 90))
+            u = (rng.integers(0, 16) + rng.integers(1, 4) * np.arange(n)) % 16
+            w.add(f"u{i:04d}", u, np.ones(n), n / 25, "test")
+    return out
+
+
+def tiny(units, out, *extra):
+    """A 2-layer Qwen2 of ~25k parameters, context 32, 4 sequences per step."""
+    return load("tiny-cpu", [
+        f"data.train=[{{path: {units}}}]", f"out={out}", "data.context=32", "data.val_fraction=0.1",
+        "model.config.hidden_size=32", "model.config.intermediate_size=64", "batch.size=4", "batch.micro=2",
+        "budget.time=null", "budget.steps=6", "schedule.warmup_min_steps=2", "log_every=1",
+        "eval.every_steps=3", "eval.batches=2", "checkpoint.every_steps=2", "checkpoint.every_minutes=0",
+        *extra])
+
+
+def losses(run: Path) -> dict[int, float]:
+    """Per-step train loss; a resumed run's later lines replace the earlier ones of the same step."""
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if r["kind"] == "train"}
+
+
+def events(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "event"]
+
+
+def test_run_folder_has_everything_and_final_is_a_model_folder(units, tmp_path):
+    from slam.model import load_model
+
+    run = tmp_path / "run"
+    final = train(tiny(units, run, "checkpoint.keep_last=2"))
+    assert final == run / "final"
+    for name in ("config.yaml", "provenance.json", "metrics.jsonl", "loss.png"):
+        assert (run / name).is_file(), name
+    assert list(run.glob("events.out.tfevents.*")), "TensorBoard events"
+    assert [p.name for _, p in checkpoint.step_dirs(run / "checkpoints")] == ["step-4", "step-6"]  # keep-last-2
+    ck = run / "checkpoints" / "step-6"
+    assert {p.name for p in ck.iterdir()} == {"model.safetensors", "optimizer.pt", "rng.pt", "state.json"}
+    state = checkpoint.read_state(ck)
+    assert state["step"] == 6 and state["data"]["batch"] == 12 and state["budget"]["steps"] == 6
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["flops"] > 0 for r in train_rows)
+    assert train_rows[-1]["flops"] > train_rows[0]["flops"]
+    assert [r["step"] for r in rows if r["kind"] == "val"] == [3, 6]
+    assert provenance_ok(run)
+    model, info = load_model(final)
+    assert info.n_units == 16 and model.config.vocab_size == 18
+    # the final weights are the last checkpoint's
+    from safetensors.torch import load_file
+
+    ck_w = load_file(str(ck / "model.safetensors"))
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(model.state_dict()[key], ck_w[key])
+
+
+def provenance_ok(run: Path) -> bool:
+    starts = json.loads((run / "provenance.json").read_text())
+    return len(starts) == 1 and starts[0]["torch"] == torch.__version__ and starts[0]["world_size"] == 1
+
+
+def test_resume_after_a_kill_during_a_checkpoint_write_equals_the_uninterrupted_run(units, tmp_path, monkeypatch):
+    ref = tmp_path / "ref"
+    train(tiny(units, ref))
+    want = losses(ref)
+
+    class Killed(BaseException):
+        pass
+
+    real = checkpoint._save_tensors
+
+    def dies_writing_step_4(state, path):
+        real(state, path)  # the weights are on disk in the temp folder, the rest is not
+        if path.parent.name.startswith(".step-4."):
+            raise Killed
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(checkpoint, "_save_tensors", dies_writing_step_4)
+    with pytest.raises(Killed):
+        train(tiny(units, run))
+    monkeypatch.setattr(checkpoint, "_save_tensors", real)
+    assert [p.name for _, p in checkpoint.step_dirs(run / "checkpoints")] == ["step-2"]
+    assert list((run / "checkpoints").glob(".step-4.*")), "the interrupted write left its temp folder"
+
+    train(tiny(units, run, "resume=true"))
+    assert not list((run / "checkpoints").glob(".step-4.*"))
+    got = losses(run)
+    assert sorted(got) == sorted(want)
+    for step in want:  # steps 3..6 were recomputed after resuming from step-2
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=0), step
+    assert any(e.get("event") == "resumed" and e["checkpoint"] == "step-2" for e in events(run))
+    assert len(json.loads((run / "provenance.json").read_text())) == 2
+
+
+def test_non_finite_loss_restores_last_checkpoint_and_skips_the_batch(units, tmp_path):
+    from slam.data import causal_lm_loss
+
+    calls = {"n": 0}
+
+    def poisoned(model, batch):  # micro-batch 9 = the first of step 5 (2 micro-batches per step)
+        calls["n"] += 1
+        s, n = causal_lm_loss(model, batch)
+        return (s * float("nan"), n) if calls["n"] == 9 else (s, n)
+
+    run = tmp_path / "run"
+    train(tiny(units, run, "eval.every_steps=0"), loss_fn=poisoned)
+    bad = [e for e in events(run) if e.get("event") == "non_finite"]
+    assert len(bad) == 1 and bad[0]["step"] == 5 and bad[0]["restored"] == "step-4"
+    got = losses(run)
+    assert 5 not in got and all(np.isfinite(v) for v in got.values())
+    assert sorted(got) == [1, 2, 3, 4, 6]
+
+
+def test_time_budget_stops_on_time_and_excludes_eval_time(units, tmp_path):
+    run = tmp_path / "run"
+    # every step is followed by a validation pass: wall time is well above the budget, training time is not
+    train(tiny(units, run, "budget.steps=null", "budget.time=2s", "eval.every_steps=1", "eval.batches=0",
+               "checkpoint.every_steps=0", "schedule.min_lr=1e-5"))
+    done = [e for e in events(run) if e.get("event") == "done"][0]
+    assert 2.0 <= done["train_seconds"] < 2.6
+    assert done["overhead"]["eval"] > 0.3
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert rows[-1]["progress"] == 1.0
+    assert rows[-1]["lr"] < 0.05 * 3e-3  # the cosine ran to its end with the budget
+
+
+def test_accumulation_invariance_one_big_micro_batch_equals_four_small(units, tmp_path):
+    a = losses_of(train, tiny(units, tmp_path / "a", "batch.micro=4", "budget.steps=3"))
+    b = losses_of(train, tiny(units, tmp_path / "b", "batch.micro=1", "budget.steps=3"))
+    assert list(a) == [1, 2, 3]
+    for s in a:
+        assert a[s] == pytest.approx(b[s], rel=1e-5), s
+
+
+def losses_of(fn, cfg) -> dict[int, float]:
+    return losses(fn(cfg).parent)
+
+
+@pytest.mark.parametrize("opt", ["ademamix", "muon"])
+def test_alternative_optimisers_train(units, tmp_path, opt):
+    got = losses_of(train, tiny(units, tmp_path / opt, f"optim.name={opt}", "budget.steps=8", "optim.lr=1e-2",
+                                "schedule.name=wsd", "eval.every_steps=0", "checkpoint.every_steps=0"))
+    assert got[8] < got[1]
+
+
+def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(units, tmp_path):
+    steps = ["budget.steps=3", "batch.micro=1", "eval.every_steps=0", "checkpoint.every_steps=0"]
+    one = losses_of(train, tiny(units, tmp_path / "one", *steps))  # 1 process x accumulation 4
+    two = tmp_path / "two"
+    args = ["tiny-cpu", f"data.train=[{{path: {units}}}]", f"out={two}", "data.context=32",
+            "data.val_fraction=0.1", "model.config.hidden_size=32", "model.config.intermediate_size=64",
+            "batch.size=4", "budget.time=null", "schedule.warmup_min_steps=2", "log_every=1", "eval.batches=2",
+            "checkpoint.every_minutes=0", *steps]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "slam.cli", "train", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = losses(two)  # 2 processes x accumulation 2
+    assert json.loads((two / "provenance.json").read_text())[0]["world_size"] == 2
+    assert sorted(got) == [1, 2, 3]
+    for s in one:
+        assert got[s] == pytest.approx(one[s], rel=1e-5), s
+    assert (two / "final" / "model.safetensors").exists()
