@@ -123,7 +123,7 @@ class HubertFeatures:
 
         h = hashlib.sha256()
         for name, t in sorted(self.model.state_dict().items()):
-            t = t.detach().cpu().contiguous()
+            t = t.detach().cpu().contiguous().reshape(-1)
             h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()
