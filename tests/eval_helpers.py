@@ -67,3 +67,104 @@ def write_wav(path, seconds: float, seed: int):
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, synth_speechlike(seconds, seed=seed), 16000)
     return path
+
+
+def mel_model_folder(root: Path, texts=("the quick brown fox jumps over the lazy dog",
+                                        "a speech model learns from sound alone"), n_units: int = 40):
+    """A tiny random speech LM whose slam.json names a real mel tokenizer fitted on espeak speech.
+    Returns (folder, [wav paths])."""
+    import subprocess
+
+    import numpy as np
+
+    from slam.audio import load_audio
+    from slam.units.kmeans import fit_kmeans
+    from slam.units.melkmeans import MelFeatures, MelParams
+    from slam.units.tokenizer import Tokenizer
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, text in enumerate(texts):
+        subprocess.run(["espeak-ng", "-w", str(root / f"utt{i}.wav"), text], check=True)
+        paths.append(root / f"utt{i}.wav")
+    p = MelParams()
+    mel = MelFeatures(p)
+    km = fit_kmeans(np.concatenate([mel(load_audio(f)) for f in paths]), n_units, params={"kind": "mel", **p.to_dict()})
+    tok = Tokenizer("mel", km, mel=mel)
+    model, _ = tiny_lm(n_units=n_units)
+    folder = root / "model"
+    save_model_folder(folder, model, SlamInfo(n_units=n_units))
+    SlamInfo(n_units=n_units, tokenizer=tok.save_to(folder), tokenizer_hash=tok.hash).save(folder)
+    return folder, paths
+
+
+def _byte_vocab(extra: list[str]) -> dict[str, int]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    for s in extra:
+        vocab[s] = len(vocab)
+    return vocab
+
+
+def tiny_whisper(folder: Path) -> Path:
+    """A random 1-layer Whisper with a byte-level tokenizer and the special tokens generate() needs."""
+    import json
+
+    from transformers import (WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                              WhisperProcessor, WhisperTokenizer)
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>",
+                "<|notimestamps|>"]
+    vocab = _byte_vocab(specials)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    tok = WhisperTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), unk_token=specials[0],
+                           bos_token=specials[0], eos_token=specials[0], pad_token=specials[0])
+    tok.add_special_tokens({"additional_special_tokens": specials[1:]})
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(folder)
+    eot = vocab["<|endoftext|>"]
+    cfg = WhisperConfig(vocab_size=len(vocab), num_mel_bins=80, encoder_layers=1, decoder_layers=1, d_model=32,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_source_positions=1500, max_target_positions=64, pad_token_id=eot, bos_token_id=eot,
+                        eos_token_id=eot, decoder_start_token_id=vocab["<|startoftranscript|>"])
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    gc = model.generation_config
+    gc.lang_to_id = {"<|en|>": vocab["<|en|>"]}
+    gc.task_to_id = {"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]}
+    gc.no_timestamps_token_id = vocab["<|notimestamps|>"]
+    gc.is_multilingual, gc._from_model_config, gc.begin_suppress_tokens, gc.max_length = True, False, None, 24
+    gc.suppress_tokens = list(range(eot, len(vocab)))  # a random decoder would end at once or write only
+    # special tokens; this one always writes (byte) text
+    model.save_pretrained(folder)
+    return folder
+
+
+def tiny_text_lm(folder: Path) -> Path:
+    """A random 1-layer Llama with a byte-level BPE tokenizer that adds BOS, like Llama-3.2's."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = _byte_vocab(["<|begin_of_text|>", "<|end_of_text|>"])
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", vocab["<|begin_of_text|>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+                                  pad_token="<|end_of_text|>")
+    tok.save_pretrained(folder)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=vocab["<|begin_of_text|>"],
+                      eos_token_id=vocab["<|end_of_text|>"], pad_token_id=vocab["<|end_of_text|>"])
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder

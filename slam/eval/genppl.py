@@ -59,8 +59,10 @@ class WhisperASR:
         # Whisper reads 30 s windows: 3 s of prompt + 150 units (~6-8 s) fit in one
         feats = self.processor([np.asarray(w, dtype=np.float32) for w in wavs], sampling_rate=sample_rate,
                                return_tensors="pt")
+        # the decoder also holds 3-4 start tokens (start, language, task, no-timestamps)
+        room = int(getattr(self.model.config, "max_target_positions", 448)) - 8
         out = self.model.generate(feats.input_features.to(self.device, self.dtype), language="en",
-                                  task="transcribe", max_new_tokens=self.max_new_tokens)
+                                  task="transcribe", max_new_tokens=min(self.max_new_tokens, room))
         return [t.strip() for t in self.processor.batch_decode(out, skip_special_tokens=True)]
 
 

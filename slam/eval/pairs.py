@@ -251,15 +251,24 @@ def tokenize_files(files: Sequence[Path], tokenizer: Any, cache_dir: str | Path 
         else:
             todo.append(f)
     seconds = 0.0
-    bar = tqdm(todo, desc="tokenizing", unit="file", disable=not progress or not todo)
+    bar = tqdm(total=len(todo), desc="tokenizing", unit="file", disable=not progress or not todo)
     t0 = time.perf_counter()
-    for f in bar:
-        wav = load_audio(f)
-        seconds += len(wav) / 16000
-        fr = np.asarray(tokenizer.encode(wav), dtype=np.int64)
-        cache.add(hashes[f], fr)
-        frames[f] = fr
+    # 16 files per call: a HuBERT tokenizer batches them on its device (the mel one just loops)
+    for start in range(0, len(todo), 16):
+        chunk = todo[start:start + 16]
+        wavs = [load_audio(f) for f in chunk]
+        seconds += sum(len(w) for w in wavs) / 16000
+        if hasattr(tokenizer, "encode_batch"):
+            out = tokenizer.encode_batch(wavs)
+        else:
+            out = [tokenizer.encode(w) for w in wavs]
+        for f, fr in zip(chunk, out):
+            fr = np.asarray(fr, dtype=np.int64)
+            cache.add(hashes[f], fr)
+            frames[f] = fr
+        bar.update(len(chunk))
         bar.set_postfix_str(f"{seconds / max(time.perf_counter() - t0, 1e-9):.0f}x realtime")
+    bar.close()
     cache.flush()
     return frames, hashes
 
