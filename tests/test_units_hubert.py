@@ -3,11 +3,15 @@ forward), frame rate from the conv stack, and batch invariance (a file alone == 
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from transformers import HubertConfig, HubertModel
 
 from conftest import synth_speechlike
+from slam.audio import load_audio
+from slam.cli import main
 from slam.errors import SlamError
+from slam.units.dataset import load_table, read_rejects
 from slam.units.hubert import HubertFeatures
 from slam.units.kmeans import KMeans, fit_kmeans
 from slam.units.tokenizer import load_tokenizer, tokenize
@@ -134,3 +138,23 @@ def test_hash_tracks_weights_and_layer(hub, tmp_path):
         load_tokenizer(f"hubert:{tmp_path / 'not_a_model'}@2:{hub / 'km.npy'}")
     with pytest.raises(SlamError, match="cannot load HuBERT"):  # offline here: a hub id cannot resolve
         load_tokenizer(f"hubert:nobody/no-such-hubert@2:{hub / 'km.npy'}")
+
+
+def test_cli_fit_and_tokenize_with_hubert(hub, tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    lengths = (16000, 9000, 23456, 4000, 12000, 30000, 700, 8000, 15000, 2000)  # > 8 files: 2 decode chunks
+    for i, n in enumerate(lengths):
+        sf.write(audio / f"f{i}.wav", synth_speechlike(n / 16000, seed=i), 16000)
+    sf.write(audio / "short.wav", np.zeros(600, np.float32), 16000)
+    assert main(["fit-kmeans", str(audio), "--tokenizer", "hubert", "--model", str(hub / "model"), "--layer", "2",
+                 "--units", "8", "--out", str(tmp_path / "km.npz"), "--batch-size", "3"]) == 0
+    # the fitted .npz alone is the spec; batches of 4 with 2 decoding workers
+    assert main(["tokenize", str(audio), "--tokenizer", str(tmp_path / "km.npz"), "--out", str(tmp_path / "u"),
+                 "--workers", "2", "--batch-size", "4", "--no-dedup"]) == 0
+    tok = load_tokenizer(str(tmp_path / "km.npz"))
+    rows = load_table(tmp_path / "u").to_pylist()
+    assert [r["id"] for r in rows] == [f"f{i}" for i in range(len(lengths))]
+    for r in rows:
+        assert r["units"] == tok.encode(load_audio(r["source"])).tolist()
+    assert [r["id"] for r in read_rejects(tmp_path / "u")] == ["short"]
