@@ -71,7 +71,7 @@ def bench_attention(repeats: int) -> dict:
             s, n = causal_lm_loss(model, batch)
             (s / n).backward()
             times[name].append(time.perf_counter() - t0)
-            losses[name] = float(s / n)
+            losses[name] = float(s.detach() / n)
     docs_per_row = (len(batch["cu_seq_lens_q"]) - 1) / 4
     return {"docs_per_row": docs_per_row, "losses": losses,
             **{f"{k}_s": statistics.median(v[1:]) for k, v in times.items()}}

@@ -128,10 +128,7 @@ def units_source(folders: str | Path | Sequence[str | Path], info: SlamInfo, spl
         lens = pc.list_value_length(units).to_numpy(zero_copy_only=False).astype(np.int64)
         flat = pc.list_flatten(units).to_numpy(zero_copy_only=False).astype(np.uint16, copy=False)
         nonempty = lens > 0
-        if not nonempty.all():  # an empty utterance would only teach <s> -> <s>
-            starts = np.concatenate([[0], np.cumsum(lens)])
-            flat = np.concatenate([flat[starts[i]:starts[i + 1]] for i in np.flatnonzero(nonempty)] or
-                                  [np.zeros(0, np.uint16)])
+        if not nonempty.all():  # an empty utterance would only teach <s> -> <s>; it owns no units anyway
             lens = lens[nonempty]
         flats.append(flat)
         lens_all.append(lens)
@@ -265,21 +262,31 @@ class PackedLoader:
         self._plan_epoch = -1
 
     # --- position ---------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, int]:
+    def fingerprint(self) -> str:
+        """Hash of what fixes the batch sequence: document lengths per source, weights, seed, shapes."""
+        h = hashlib.blake2b(digest_size=12)
+        for lens in self._lengths:
+            h.update(np.int64(len(lens)).tobytes())
+            h.update(np.ascontiguousarray(lens, dtype=np.int64).tobytes())
+        h.update(repr((self.weights, self.seed, self.shuffle, self.seq_len,
+                       self.batch_size * self.world_size)).encode())
+        return h.hexdigest()
+
+    def state_dict(self) -> dict[str, Any]:
         """The position of the NEXT batch (save it with the checkpoint of the step that consumed the last)."""
         return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "seq_len": self.seq_len,
-                "global_batch_rows": self.batch_size * self.world_size, "epoch_tokens": self.plan().n_tokens}
+                "global_batch_rows": self.batch_size * self.world_size, "fingerprint": self.fingerprint()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, mine in (("seed", self.seed), ("seq_len", self.seq_len),
                           ("global_batch_rows", self.batch_size * self.world_size)):
             if key in state and int(state[key]) != mine:
                 raise SlamError(f"data position was saved with {key}={state[key]}, this run has {mine}; "
                                 f"resume with the same data settings")
+        if "fingerprint" in state and state["fingerprint"] != self.fingerprint():
+            raise SlamError("the data changed since the checkpoint (other documents or mixing weights); "
+                            "resume with the same datasets and weights")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        if "epoch_tokens" in state and int(state["epoch_tokens"]) != self.plan().n_tokens:
-            raise SlamError(f"the data changed since the checkpoint (epoch had {state['epoch_tokens']} tokens, "
-                            f"now {self.plan().n_tokens}); resume with the same datasets")
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         """The epoch's document order (cached for the latest epoch asked for)."""

@@ -185,6 +185,10 @@ def test_loader_resume_gives_identical_batches_across_epochs():
     smaller = ArraySource(docs_of(np.arange(29) % 11 + 1, seed=4))
     with pytest.raises(SlamError, match="data changed"):
         PackedLoader([smaller], seq_len=16, batch_size=3, seed=1).load_state_dict(state)
+    with pytest.raises(SlamError, match="data changed"):
+        PackedLoader([src, smaller], seq_len=16, batch_size=3, seed=1, weights=[1, 1]).load_state_dict(state)
+    import json
+    assert json.loads(json.dumps(state)) == state  # plain JSON, fits any checkpoint format
 
 
 def test_ranks_split_each_global_batch():
