@@ -181,7 +181,7 @@ def _audio_files(path: Path) -> list[Path]:
 def _units_row(spec: str, info: SlamInfo) -> tuple[str, np.ndarray, np.ndarray]:
     from slam.units.dataset import iter_rows, read_meta
 
-    folder, _, row_id = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    folder, _, row_id = spec.rpartition(":") if not Path(spec).exists() else (spec, "", "")
     meta = read_meta(folder)
     if info.tokenizer_hash and meta.get("tokenizer_hash") and meta["tokenizer_hash"] != info.tokenizer_hash:
         raise SlamError(f"{folder}: units made by tokenizer {meta['tokenizer_hash'][:12]}, but the model was "

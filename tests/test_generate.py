@@ -73,3 +73,46 @@ def test_top_k_restricts_the_drawn_units():
     out = sample_units(model, info, [prompt] * 1, max_new_tokens=1, top_k=3, temperature=2.0, num_samples=40)
     drawn = {int(s[0]) for s in out[0]}
     assert drawn <= allowed and len(drawn) >= 2
+
+
+def test_slam_generate_end_to_end(tmp_path, capsys):
+    import json
+
+    import soundfile as sf
+
+    from eval_helpers import mel_model_folder
+    from slam.cli import main
+    from slam.tokens import SlamInfo
+    from slam.units.dataset import UnitsWriter
+
+    folder, wavs = mel_model_folder(tmp_path / "m")
+    out = tmp_path / "out" / "cont.wav"
+    rc = main(["generate", str(folder), "--prompt", str(wavs[0]), "--out", str(out), "--max-new-tokens", "15",
+               "--prompt-seconds", "1.0", "--seed", "3"])
+    assert rc == 0
+    wav, sr = sf.read(out)
+    rec = json.loads(out.with_suffix(".units.jsonl").read_text())
+    assert sr == 16000 and len(rec["units"]) == 15 and sum(rec["prompt_durations"]) == 25  # 1 s = 25 frames
+    fill = max(1, round(sum(rec["prompt_durations"]) / len(rec["prompt_durations"])))
+    assert len(wav) == (25 + 15 * fill) * 640
+    summary = capsys.readouterr().out
+    assert "Generated 1 continuation(s) of 1 prompt(s)" in summary and "units/s" in summary
+
+    # several prompts and samples, one prompt from a units dataset row: one file each, seeded
+    info = SlamInfo.load(folder)
+    with UnitsWriter(tmp_path / "units", {"tokenizer_hash": info.tokenizer_hash, "n_units": 40}) as w:
+        w.add("row1", [3, 4, 5, 6], [2, 1, 1, 3], 0.28, "x")
+    rc = main(["generate", str(folder), "--prompt", str(wavs[1]), "--prompt-units", f"{tmp_path / 'units'}:row1",
+               "--out", str(tmp_path / "many" / "g.wav"), "--max-new-tokens", "8", "--num-samples", "2"])
+    assert rc == 0
+    names = sorted(p.name for p in (tmp_path / "many").glob("*.wav"))
+    assert names == ["g.row1.0.wav", "g.row1.1.wav", "g.utt1.0.wav", "g.utt1.1.wav"]
+    recs = [json.loads(x) for x in (tmp_path / "many" / "g.units.jsonl").read_text().splitlines()]
+    row1 = [r for r in recs if r["prompt"] == "row1"]
+    assert row1[0]["prompt_units"] == [3, 4, 5, 6] and row1[0]["units"] != row1[1]["units"]
+
+    # units from another tokenizer are refused
+    with UnitsWriter(tmp_path / "other", {"tokenizer_hash": "f" * 64, "n_units": 40}) as w:
+        w.add("r", [1], [1], 0.04, "x")
+    rc = main(["generate", str(folder), "--prompt-units", str(tmp_path / "other"), "--out", str(tmp_path / "o.wav")])
+    assert rc == 2 and "tokenizer" in capsys.readouterr().err
