@@ -3,8 +3,8 @@
 Why the library and not the `espeak-ng` command: one process start per sentence costs more than the
 synthesis itself (bench/synth.py measures both), and `espeak-ng --stdout` gives no word times. The library
 in synchronous mode hands back the samples together with its word events (text position + sample index),
-so word start times come from the engine itself, at no extra cost. Word ends are the next word's start
-pulled back over the silence between them (a 10 ms energy gate at -30 dB), since espeak reports only starts.
+so word times come from the engine itself, at no extra cost. espeak reports only where each word begins,
+and before a pause that is the start of the pause: spans are trimmed to speech with a 10 ms energy gate.
 
 A voice is `LANGUAGE[+VARIANT][@RATE]`: `en-us`, `en-gb+f3@150` (variant f3 of British English at 150
 words per minute; espeak's default rate is 175). Variants are the files of espeak-ng-data/voices/!v (f1-f5,
@@ -165,9 +165,10 @@ def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr
     """Word (start, end) seconds from the engine's word starts (1-based character position, seconds).
 
     Every word of the text gets a span. A word espeak joined to its neighbour without an event of its own
-    ("in the" is one event) shares that event's span, split in proportion to letters. Ends: the next word's
-    start, pulled back to the last 10 ms frame within 30 dB of the utterance's loudest frame (the pause before
-    a sentence boundary is not part of the word); the last word ends at the last such frame."""
+    ("in the" is one event) shares that event's span, split in proportion to letters. A word's span runs
+    from its event to the next word's event (the last word: to the end of the audio), trimmed at both ends
+    to the 10 ms frames within 30 dB of the utterance's loudest frame: espeak places a word's event before
+    the pause that precedes it (~0.2 s early after a full stop), and a word ends before the next pause."""
     words = [(m.start(), re.sub(r"^\W+|\W+$", "", m.group())) for m in re.finditer(r"\S+", text)]
     words = [(pos, w) for pos, w in words if w]
     if not words:
@@ -185,10 +186,16 @@ def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr
     energy = (audio[: n * hop].reshape(n, hop) ** 2).mean(axis=1) if n else np.zeros(0)
     voiced = energy > 1e-3 * energy.max() if n else np.zeros(0, bool)
 
-    def last_voiced(a: float, b: float) -> float:
-        i0, i1 = int(a * 100), min(n, int(np.ceil(b * 100)))
+    def voiced_span(a: float, b: float) -> tuple[float, float]:
+        """[a, b) without the silence at its ends; speech running on across a or b keeps a or b (the frames
+        straddling a and b only tell that; the 10 ms frames wholly inside decide the trim)."""
+        i0, i1 = int(np.ceil(a * 100)), min(n, int(b * 100))
         idx = np.flatnonzero(voiced[i0:i1])
-        return b if idx.size == 0 else min(b, (i0 + idx[-1] + 1) / 100)
+        if idx.size == 0:
+            return a, b
+        start = a if idx[0] == 0 else (i0 + idx[0]) / 100
+        end = b if idx[-1] == i1 - i0 - 1 else (i0 + idx[-1] + 1) / 100
+        return start, end
 
     anchors = sorted(start_of)  # word indices that have an engine start
     out: list[tuple[str, float, float]] = []
@@ -196,7 +203,7 @@ def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr
         k_next = anchors[a_i + 1] if a_i + 1 < len(anchors) else len(words)
         t0 = start_of[k]
         t1 = start_of[k_next] if k_next < len(words) else total
-        t1 = max(t0, last_voiced(t0, t1))
+        t0, t1 = voiced_span(t0, max(t0, t1))
         group = words[k:k_next]
         letters = np.cumsum([0] + [len(w) for _, w in group])
         for j, (_, w) in enumerate(group):
