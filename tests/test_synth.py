@@ -101,6 +101,12 @@ def test_runner_writes_wavs_manifest_rejects_and_resumes(tmp_path):
         assert sr == 16000 and wav.ndim == 1 and abs(len(wav) / sr - r["seconds"]) < 1e-3
         assert [w[0] for w in r["words"]] == r["text"].rstrip(".").split()
         assert r["voice"] == items[int(r["id"][1:])].voice
+    # the tokenize stage reads this manifest as it is (ids, text, voice as speaker, word times)
+    from slam.audio import find_audio
+
+    found = {i: extra for i, _, extra in find_audio(tmp_path / "manifest.jsonl")}
+    assert set(found) == {r["id"] for r in rows} and found["u0"]["speaker"] == espeak.DEFAULT_VOICES[0]
+    assert found["u0"]["words"][0]["word"] == "Tom"
     rejects = [json.loads(x) for x in (tmp_path / "rejects.jsonl").read_text().splitlines()]
     assert rejects[0]["id"] == "empty" and "empty text" in rejects[0]["reason"]
     # a rerun skips everything; nothing is listed twice
