@@ -338,7 +338,10 @@ def _load_slamkit(folder: Path, dtype: torch.dtype | None, attn_implementation: 
     if ids != {"pad": 0, "bos": 1, "eos": 1} or vocab < 3:
         raise SlamError(f"{folder}: slamkit layout mismatch: expected pad 0, bos 1, eos 1 and units from 2, "
                         f"found {ids} with vocab_size {vocab}")
-    cfg_dict = {k: v for k, v in base.items() if k not in ("model_type", "_name_or_path", "torch_dtype", "dtype")}
+    # Private keys (_name_or_path, _attn_implementation_autoset...) and dtypes describe the saving session,
+    # not the architecture; v4-style `rope_theta` keys are converted by transformers itself.
+    cfg_dict = {k: v for k, v in base.items()
+                if not k.startswith("_") and k not in ("model_type", "torch_dtype", "dtype", "auto_map")}
     config = AutoConfig.for_model(base["model_type"], **cfg_dict)
     config.vocab_size = vocab
     config.use_cache = False

@@ -165,6 +165,10 @@ def write_slamkit_folder(model, folder, **config_changes):
     folder.mkdir(parents=True)
     base = model.config.to_dict()
     base.update(pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    # as written by transformers 4.x (slamkit's era): rope_theta at the top, private keys, torch_dtype
+    base["rope_theta"] = base.pop("rope_parameters")["rope_theta"]
+    base.update(_name_or_path="Qwen/Qwen2.5-0.5B", _attn_implementation_autoset=True, torch_dtype="float32",
+                use_cache=True, transformers_version="4.48.0")
     top = {"model_type": "speech_language_model", "architectures": ["UnitLM"],
            "base_model_name": "Qwen/Qwen2.5-0.5B", "base_config": base, "vocab_size": model.config.vocab_size,
            "twist_init": True, "use_cache": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1,
@@ -182,7 +186,7 @@ def test_slamkit_folder_loads_and_converts(tmp_path):
     from slam.cli import main
 
     make_text_lm("qwen2", tmp_path / "text")
-    src_model, _ = twist_init(tmp_path / "text", n_units=N_UNITS, seed=5)
+    src_model, _ = twist_init(tmp_path / "text", n_units=N_UNITS, seed=5, rope_theta=500.0)
     src_model.eval()
     write_slamkit_folder(src_model, tmp_path / "published")
     ids = torch.tensor([[1, 2, 3, 4, 21, 1]])
@@ -191,7 +195,7 @@ def test_slamkit_folder_loads_and_converts(tmp_path):
     model, info = load_model(tmp_path / "published")
     assert (info.n_units, info.pad_id, info.bos_id, info.unit_offset) == (N_UNITS, 0, 1, 2)
     assert info.base_model == "Qwen/Qwen2.5-0.5B"
-    assert model.config.use_cache is False
+    assert model.config.use_cache is False and model.config.rope_parameters["rope_theta"] == 500.0
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     torch.testing.assert_close(model(input_ids=ids).logits, ref, rtol=0, atol=0)
 
