@@ -12,7 +12,7 @@ put it in its rejects list and go on.
 Ids are the path relative to the folder (or manifest) without extension, e.g. `spk1/book2/utt0003`: stable
 across runs and machines, which is what resume and `--shard i/n` rely on. A manifest line may set its own
 `id`, and carries `text`, `speaker` (or `voice`, used as the speaker when no speaker is given) and `words`
-([{word, start, end}] in seconds) into the units dataset.
+([{word, start, end}] or [[word, start, end]] in seconds) into the units dataset.
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ def _check_words(words: Any, where: str) -> list[dict]:
         raise SlamError(f"{where}: `words` must be a list of {{word, start, end}}")
     out = []
     for w in words:
+        # `slam synth` writes each word as [word, start, end] (compact for 100k-line manifests): same fields
+        if isinstance(w, (list, tuple)) and len(w) == 3:
+            w = {"word": w[0], "start": w[1], "end": w[2]}
         if not (isinstance(w, dict) and isinstance(w.get("word"), str)
                 and isinstance(w.get("start"), (int, float)) and isinstance(w.get("end"), (int, float))):
             raise SlamError(f"{where}: each of `words` needs word (str), start and end (seconds); got {w!r}")
