@@ -101,6 +101,35 @@ class ArraySource:
         return (self.doc(i) for i in range(len(self)))
 
 
+def units_layout(folders: str | Path | Sequence[str | Path]) -> SlamInfo:
+    """The speech-only token layout for units datasets (pad 0, <s> 1, K units from 2), with the datasets'
+    tokenizer spec made absolute (so `save_model` can copy its k-means into every model folder) and their
+    dedup setting recorded. Datasets made by different tokenizers or dedup settings are refused."""
+    from slam.units.dataset import read_meta
+
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    if not folders:
+        raise SlamError("no units dataset given")
+    metas = [(Path(f), read_meta(f)) for f in folders]
+    first_path, first = metas[0]
+    for path, meta in metas[1:]:
+        for key in ("tokenizer_hash", "n_units", "dedup"):
+            if meta.get(key) != first.get(key):
+                raise SlamError(f"{path} has {key}={meta.get(key)!r} but {first_path} has {first.get(key)!r}; "
+                                f"units of different tokenizers never mix")
+    n_units = int(first.get("n_units") or 0)
+    if n_units <= 0:
+        raise SlamError(f"{first_path}/meta.json has no positive n_units")
+    spec = dict(first.get("tokenizer") or {})
+    if spec.get("kmeans") and not Path(spec["kmeans"]).is_absolute():
+        spec["kmeans"] = str((first_path / spec["kmeans"]).resolve())
+    if spec.get("model") and not Path(str(spec["model"])).is_absolute() and (first_path / spec["model"]).is_dir():
+        spec["model"] = str((first_path / spec["model"]).resolve())
+    if "dedup" in first:
+        spec["dedup"] = bool(first["dedup"])
+    return SlamInfo(n_units=n_units, tokenizer=spec, tokenizer_hash=str(first.get("tokenizer_hash") or ""))
+
+
 def units_source(folders: str | Path | Sequence[str | Path], info: SlamInfo, split: str = "all",
                  val_fraction: float = 0.0, name: str | None = None) -> ArraySource:
     """One or several units dataset folders -> documents `<s> units+offset <s>` (ids via SlamInfo).

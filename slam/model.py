@@ -17,8 +17,10 @@ silently lets documents attend to each other (../shared/gpu-notes.md).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -229,15 +231,54 @@ def random_init(config: str | Path | dict | Any, n_units: int, overrides: dict |
 
 
 # --- model folders -------------------------------------------------------------------------------------------
-def save_model(model: nn.Module, info: SlamInfo, folder: str | Path) -> Path:
+def embed_tokenizer_files(spec: dict, folder: str | Path, root: str | Path | None = None) -> dict:
+    """Copy the files a speech-tokenizer spec names into `folder` and return the spec with paths relative
+    to it, so that a model folder carries its own tokenizer (slam.units.tokenizer.load_tokenizer(spec,
+    root=folder)). Relative paths in `spec` are read from `root` (default: the current folder).
+    The k-means file is always copied (small); a HuBERT model is copied only when it is a folder given
+    relative to `root` (a hub id or an absolute folder stays a reference: 380 MB per checkpoint otherwise)."""
+    folder, base = Path(folder), Path(root) if root is not None else Path.cwd()
+    out = dict(spec)
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    km = spec.get("kmeans")
+    if km:
+        src = resolve(str(km))
+        if src.is_file():
+            dst = folder / src.name
+            if src.resolve() != dst.resolve():
+                shutil.copy2(src, dst)
+            out["kmeans"] = src.name
+        elif not (folder / str(km)).is_file():
+            warnings.warn(f"tokenizer k-means {str(src)!r} not found: slam.json will name it, but audio cannot "
+                          f"be tokenized for this model until the file is put there", stacklevel=2)
+    model = spec.get("model")
+    if model and not Path(str(model)).is_absolute() and (base / str(model)).is_dir():
+        name = Path(str(model)).name
+        if (base / str(model)).resolve() != (folder / name).resolve():
+            shutil.copytree(base / str(model), folder / name, dirs_exist_ok=True)
+        out["model"] = name
+    return out
+
+
+def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
+               tokenizer_root: str | Path | None = None) -> Path:
     """Write an HF model folder (config.json, model.safetensors, generation_config.json) + slam.json,
-    atomically: everything goes to a temp sibling that is renamed onto `folder` at the end."""
+    atomically: everything goes to a temp sibling that is renamed onto `folder` at the end.
+
+    The speech tokenizer's files named by `info.tokenizer` (relative paths read from `tokenizer_root`) are
+    copied in and slam.json names them relative to the folder; `info` itself is not modified."""
     folder = Path(folder)
     if info.vocab_size != model.config.vocab_size:
         raise SlamError(f"slam.json vocab_size {info.vocab_size} != model vocab_size {model.config.vocab_size}")
     _set_special_ids(model, info)
     tmp = atomic_dir(folder)
     try:
+        if info.tokenizer:
+            info = dataclasses.replace(info, tokenizer=embed_tokenizer_files(info.tokenizer, tmp, tokenizer_root))
         # A custom attention name in config.json would make plain `from_pretrained` fail without slam.
         impl = getattr(model.config, "_attn_implementation", None)
         if impl and impl not in ("eager", "sdpa"):
@@ -391,5 +432,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["twist_init", "random_init", "save_model", "load_model", "convert_slamkit", "replace_vocabulary",
+__all__ = ["twist_init", "random_init", "save_model", "embed_tokenizer_files", "load_model", "convert_slamkit", "replace_vocabulary",
            "zero_dropout", "set_rope_theta", "is_slamkit_folder", "count_parameters", "SLAM_JSON"]

@@ -282,3 +282,43 @@ def test_text_source_and_validation_loss(tmp_path):
     assert 0.5 * ref / ref_n < loss < 2 * ref / ref_n
     with pytest.raises(SlamError):
         text_source(tmp_path / "missing.txt", tmp_path / "tok")
+
+
+def test_model_folder_carries_the_datasets_tokenizer(tmp_path, speechlike):
+    """units dataset (mel tokenizer embedded) -> units_layout -> save_model -> the model folder alone
+    rebuilds the same tokenizer (hash checked) and records dedup, as slam eval / generate read it."""
+    from slam.model import load_model, save_model
+    from slam.units.dataset import UnitsWriter
+    from slam.units.kmeans import fit_kmeans
+    from slam.units.melkmeans import MelFeatures, MelParams
+    from slam.units.tokenizer import load_tokenizer
+
+    from slam.data import units_layout
+
+    feats = MelFeatures(MelParams())(speechlike(3.0))
+    km = fit_kmeans(feats, K, seed=0, params={"kind": "mel", **MelParams().to_dict()}, n_init=1)
+    km.save(tmp_path / "km.npz")
+    tok = load_tokenizer(f"mel:{tmp_path / 'km.npz'}")
+    ds = tmp_path / "units"
+    ds.mkdir()
+    meta = {"n_units": K, "tokenizer_hash": tok.hash, "dedup": True, "tokenizer": tok.save_to(ds)}
+    with UnitsWriter(ds, meta) as w:
+        w.add("a", [1, 2, 3], [1, 1, 1], 0.1, "t")
+    (tmp_path / "km.npz").unlink()  # only the dataset's embedded copy remains
+
+    info = units_layout(ds)
+    assert info.n_units == K and info.tokenizer_hash == tok.hash and info.tokenizer["dedup"] is True
+    model, info = random_init("qwen2", K, overrides=TINY["qwen2"], info=info)
+    folder = save_model(model, info, tmp_path / "model")
+    _, saved = load_model(folder)
+    assert not saved.tokenizer["kmeans"].startswith("/")  # relative to the model folder
+    again = load_tokenizer(saved.tokenizer, root=folder)
+    assert again.hash == saved.tokenizer_hash == tok.hash
+    wav = speechlike(1.0, seed=3)
+    assert np.array_equal(again.encode(wav), tok.encode(wav))
+    other = tmp_path / "other"
+    other.mkdir()
+    with UnitsWriter(other, {**meta, "tokenizer_hash": "different"}) as w:
+        w.add("b", [1], [1], 0.1, "t")
+    with pytest.raises(SlamError, match="never mix"):
+        units_layout([ds, other])
