@@ -415,8 +415,10 @@ def _load_slamkit(folder: Path, dtype: torch.dtype | None, attn_implementation: 
 
 
 def convert_slamkit(src: str | Path, dst: str | Path, tokenizer: dict | None = None, tokenizer_hash: str = "",
-                    dtype: torch.dtype | None = None) -> tuple[Path, SlamInfo]:
-    """Published slamkit folder (or hub id) -> slam model folder that plain `from_pretrained` loads."""
+                    dtype: torch.dtype | None = None, tokenizer_root: str | Path | None = None
+                    ) -> tuple[Path, SlamInfo]:
+    """Published slamkit folder (or hub id) -> slam model folder that plain `from_pretrained` loads.
+    `tokenizer` (a slam.units.tokenizer spec, files relative to `tokenizer_root`) is copied in and recorded."""
     folder = _resolve_folder(src)
     if not is_slamkit_folder(folder):
         raise SlamError(f"{src}: not a slamkit UnitLM folder (config.json model_type != {SLAMKIT_MODEL_TYPE!r})")
@@ -424,7 +426,7 @@ def convert_slamkit(src: str | Path, dst: str | Path, tokenizer: dict | None = N
     if tokenizer:
         info.tokenizer = dict(tokenizer)
         info.tokenizer_hash = tokenizer_hash
-    return save_model(model, info, dst), info
+    return save_model(model, info, dst, tokenizer_root=tokenizer_root), info
 
 
 def count_parameters(model: nn.Module) -> int:

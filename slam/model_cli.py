@@ -1,14 +1,19 @@
 """`slam convert SRC --out DST`: a published slamkit checkpoint (folder or hub id, e.g. slprl/slam) -> a slam
 model folder (plain HF Qwen2 folder + slam.json) that `AutoModelForCausalLM.from_pretrained` loads as is.
 
-slam also reads slamkit folders directly (`slam eval slprl-slam/ ...`); converting drops the `lm.` prefix
-and the nested config once, and records the speech tokenizer when you pass it with --tokenizer.
+    slam convert slprl/slam --out slam-350m \\
+        --tokenizer hubert:slprl/mhubert-base-25hz@11:mhubert_base_25hz_cp_mls_cv_sp_fisher_L11_km500.bin
+
+slam also reads slamkit folders directly (`slam eval slprl-slam/ ...` works on units); converting drops the
+`lm.` prefix and the nested config once and, with --tokenizer, embeds the speech tokenizer (k-means as .npz,
+its hash in slam.json) so that the folder turns audio into units on its own.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,21 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="slamkit UnitLM folder or hub id (slprl/slam, slprl/slam_scaled)")
     parser.add_argument("--out", required=True, help="slam model folder to write (replaced atomically)")
     parser.add_argument("--tokenizer", default=None,
-                        help="speech tokenizer spec to record in slam.json: a JSON file or inline JSON object")
+                        help="speech tokenizer the model was trained on, as `slam tokenize --tokenizer` takes it "
+                             "(e.g. hubert:MODEL@11:KMEANS.bin) or a JSON spec file; it is loaded (hash checked) "
+                             "and embedded")
+    parser.add_argument("--no-dedup", action="store_true",
+                        help="the model was trained on frame units without dedup (published Slam models: dedup)")
     parser.add_argument("--dtype", choices=DTYPES, default="keep", help="weight dtype to store (default: as is)")
-
-
-def _read_spec(text: str | None) -> tuple[dict | None, str]:
-    if not text:
-        return None, ""
-    p = Path(text)
-    try:
-        spec = json.loads(p.read_text() if p.exists() else text)
-    except json.JSONDecodeError as e:
-        raise SlamError(f"--tokenizer: neither a JSON file nor inline JSON ({e})") from e
-    if not isinstance(spec, dict):
-        raise SlamError("--tokenizer: expected a JSON object")
-    return spec, str(spec.pop("hash", "") or spec.get("tokenizer_hash", ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,16 +39,40 @@ def run(args: argparse.Namespace) -> int:
 
     from slam.model import convert_slamkit, count_parameters, load_model
 
-    spec, spec_hash = _read_spec(args.tokenizer)
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
     t0 = time.perf_counter()
-    out, info = convert_slamkit(args.src, args.out, tokenizer=spec, tokenizer_hash=spec_hash, dtype=dtype)
+    with tempfile.TemporaryDirectory() as td:
+        spec, spec_hash = None, ""
+        if args.tokenizer:
+            from slam.units.tokenizer import load_tokenizer
+
+            p = Path(args.tokenizer)
+            if p.suffix == ".json" and p.is_file():
+                try:
+                    raw = json.loads(p.read_text())
+                except json.JSONDecodeError as e:
+                    raise SlamError(f"--tokenizer {p}: not valid JSON ({e})") from e
+                tok = load_tokenizer(raw, root=p.parent)
+            else:
+                tok = load_tokenizer(args.tokenizer)
+            from slam.model import _resolve_folder
+
+            cfg = json.loads((_resolve_folder(args.src) / "config.json").read_text())
+            n_model = int(cfg.get("vocab_size") or 0) - 2
+            if tok.n_units != n_model:
+                raise SlamError(f"--tokenizer has {tok.n_units} units, the model {n_model}: not its tokenizer")
+            spec = tok.save_to(td)  # k-means as .npz (never a pickle), paths relative to td
+            spec_hash = str(spec.pop("hash"))
+            spec["dedup"] = not args.no_dedup
+        out, info = convert_slamkit(args.src, args.out, tokenizer=spec, tokenizer_hash=spec_hash, dtype=dtype,
+                                    tokenizer_root=td)
     model, _ = load_model(out)  # read back: the written folder must load on its own
     n_params = count_parameters(model)
     dt = time.perf_counter() - t0
+    tok_text = (f"speech tokenizer {info.tokenizer.get('kind')} (hash {info.tokenizer_hash[:12]}) embedded"
+                if spec else "no speech tokenizer recorded (pass --tokenizer to embed one)")
     print(f"Converted slamkit checkpoint {args.src} into {out}: a {model.config.model_type} with "
           f"{n_params:,} parameters ({next(model.parameters()).dtype}), vocabulary {info.vocab_size} "
           f"(pad {info.pad_id}, <s> {info.bos_id}, {info.n_units} units from id {info.unit_offset}), "
-          f"in {dt:.1f}s. Files: config.json, model.safetensors, generation_config.json, slam.json"
-          f"{'' if spec else '; no speech tokenizer recorded (pass --tokenizer to record one)'}.")
+          f"in {dt:.1f}s; {tok_text}. Files: config.json, model.safetensors, generation_config.json, slam.json.")
     return 0

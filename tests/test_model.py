@@ -180,7 +180,7 @@ def write_slamkit_folder(model, folder, **config_changes):
     save_file(state, str(folder / "model.safetensors"))
 
 
-def test_slamkit_folder_loads_and_converts(tmp_path):
+def test_slamkit_folder_loads_and_converts(tmp_path, speechlike):
     from transformers import AutoModelForCausalLM
 
     from slam.cli import main
@@ -203,6 +203,24 @@ def test_slamkit_folder_loads_and_converts(tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "conv")
     assert torch.equal(plain(input_ids=ids).logits, ref)
     assert SlamInfo.load(tmp_path / "conv").extra["converted_from"] == "slamkit UnitLM"
+
+    # with the speech tokenizer: embedded as .npz, hash recorded, loadable from the model folder alone
+    from slam.units.kmeans import fit_kmeans
+    from slam.units.melkmeans import MelFeatures, MelParams
+    from slam.units.tokenizer import load_tokenizer
+
+    feats = MelFeatures(MelParams())(speechlike(3.0))
+    for k, name in ((N_UNITS, "km.npz"), (N_UNITS + 1, "km21.npz")):
+        fit_kmeans(feats, k, seed=0, params={"kind": "mel", **MelParams().to_dict()}, n_init=1).save(
+            tmp_path / name)
+    assert main(["convert", str(tmp_path / "published"), "--out", str(tmp_path / "conv2"),
+                 "--tokenizer", f"mel:{tmp_path / 'km.npz'}"]) == 0
+    info2 = SlamInfo.load(tmp_path / "conv2")
+    tok = load_tokenizer(info2.tokenizer, root=tmp_path / "conv2")
+    assert tok.hash == info2.tokenizer_hash == load_tokenizer(f"mel:{tmp_path / 'km.npz'}").hash
+    assert info2.tokenizer["dedup"] is True and not info2.tokenizer["kmeans"].startswith("/")
+    assert main(["convert", str(tmp_path / "published"), "--out", str(tmp_path / "conv3"),
+                 "--tokenizer", f"mel:{tmp_path / 'km21.npz'}"]) == 2  # 21 units: not this model's
 
 
 def test_slamkit_mismatches_fail_clearly(tmp_path, capsys):
