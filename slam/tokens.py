@@ -65,13 +65,16 @@ class SlamInfo:
         return [i for i in range(self.vocab_size) if i not in unit_ids]
 
     def units_to_ids(self, units: Any, bos: bool = True, eos: bool = True) -> np.ndarray:
-        """Units (0..K-1) -> model ids, wrapped `<s> ... <s>` as published."""
+        """Units (0..K-1) -> model ids, wrapped `<s> ... <s>` as published (interleaved models: `<s> <speech>
+        ... <s>`, the marker that opens every speech segment, so speech-only eval and sampling need no branch)."""
         u = np.asarray(units, dtype=np.int64)
         if u.size and (u.min() < 0 or u.max() >= self.n_units):
             raise SlamError(f"unit ids must lie in [0, {self.n_units}); got range [{u.min()}, {u.max()}]")
         parts = []
         if bos:
             parts.append(np.array([self.bos_id], dtype=np.int64))
+            if self.speech_token_id is not None:
+                parts.append(np.array([self.speech_token_id], dtype=np.int64))
         parts.append(u + self.unit_offset)
         if eos:
             parts.append(np.array([self.eos_id], dtype=np.int64))
