@@ -85,7 +85,8 @@ class ArraySource:
             raise SlamError("ArraySource needs documents, or flat + offsets")
         self.flat, self.offsets = flat, offsets
         self._transform = transform  # raw slice -> ids (e.g. units -> <s> ids <s>)
-        self._extra = 0 if transform is None else 2  # tokens the transform adds (bos + eos)
+        # tokens the transform adds (bos + eos; + <speech> for interleaved models)
+        self._extra = 0 if transform is None else len(transform(flat[:0]))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -289,17 +290,21 @@ class PackedLoader:
         self.epoch, self.batch = 0, 0
         self._plan: EpochPlan | None = None
         self._plan_epoch = -1
+        self._fingerprint: str | None = None
 
     # --- position ---------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """Hash of what fixes the batch sequence: document lengths per source, weights, seed, shapes."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         h = hashlib.blake2b(digest_size=12)
         for lens in self._lengths:
             h.update(np.int64(len(lens)).tobytes())
             h.update(np.ascontiguousarray(lens, dtype=np.int64).tobytes())
         h.update(repr((self.weights, self.seed, self.shuffle, self.seq_len,
                        self.batch_size * self.world_size)).encode())
-        return h.hexdigest()
+        self._fingerprint = h.hexdigest()  # sources are immutable: hash 14M lengths once, not per checkpoint
+        return self._fingerprint
 
     def state_dict(self) -> dict[str, Any]:
         """The position of the NEXT batch (save it with the checkpoint of the step that consumed the last)."""
