@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from slam.errors import SlamError
-from slam.tokens import SLAM_JSON, SlamInfo
+from slam.tokens import SlamInfo
 from slam.utils import atomic_dir, commit_dir
 
 SLAMKIT_MODEL_TYPE = "speech_language_model"
@@ -180,6 +180,10 @@ def twist_init(base: str | Path, n_units: int, unit_init: UnitInit = "truncate",
     _zero_dropout_modules(model)
     text_vocab = model.get_input_embeddings().weight.shape[0]
     replace_vocabulary(model, info, unit_init, seed)
+    if info.speech_token_id is not None:  # interleaved layout: the appended rows start at the mean text row
+        from slam.interleave import init_new_rows
+
+        init_new_rows(model, info, seed=seed)
     info.extra.update({"init": "twist", "unit_init": unit_init, "seed": seed, "text_vocab_size": text_vocab,
                        **changes})
     model.train()
@@ -264,13 +268,30 @@ def embed_tokenizer_files(spec: dict, folder: str | Path, root: str | Path | Non
     return out
 
 
+def embed_text_tokenizer(path: str, folder: str | Path, root: str | Path | None = None) -> str:
+    """Copy the HF text tokenizer folder `path` (relative to `root`, default the current folder) into
+    `folder/text_tokenizer` and return that name: interleaved and text models carry their text tokenizer."""
+    src = Path(path).expanduser()
+    src = src if src.is_absolute() else (Path(root) if root is not None else Path.cwd()) / src
+    dst = Path(folder) / "text_tokenizer"
+    if src.is_dir():
+        if src.resolve() != dst.resolve():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        return dst.name
+    if not dst.is_dir():
+        warnings.warn(f"text tokenizer {str(src)!r} not found: slam.json will name it, but text cannot be "
+                      f"tokenized for this model until the folder is put there", stacklevel=2)
+    return str(path)
+
+
 def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
                tokenizer_root: str | Path | None = None) -> Path:
     """Write an HF model folder (config.json, model.safetensors, generation_config.json) + slam.json,
     atomically: everything goes to a temp sibling that is renamed onto `folder` at the end.
 
     The speech tokenizer's files named by `info.tokenizer` (relative paths read from `tokenizer_root`) are
-    copied in and slam.json names them relative to the folder; `info` itself is not modified."""
+    copied in and slam.json names them relative to the folder; so is the text tokenizer folder named by
+    `info.text_tokenizer` (interleaved / text models); `info` itself is not modified."""
     folder = Path(folder)
     if info.vocab_size != model.config.vocab_size:
         raise SlamError(f"slam.json vocab_size {info.vocab_size} != model vocab_size {model.config.vocab_size}")
@@ -279,6 +300,9 @@ def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
     try:
         if info.tokenizer:
             info = dataclasses.replace(info, tokenizer=embed_tokenizer_files(info.tokenizer, tmp, tokenizer_root))
+        if info.text_tokenizer:
+            info = dataclasses.replace(info, text_tokenizer=embed_text_tokenizer(info.text_tokenizer, tmp,
+                                                                                 tokenizer_root))
         # A custom attention name in config.json would make plain `from_pretrained` fail without slam.
         impl = getattr(model.config, "_attn_implementation", None)
         if impl and impl not in ("eager", "sdpa"):
@@ -435,4 +459,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["twist_init", "random_init", "save_model", "embed_tokenizer_files", "load_model", "convert_slamkit", "replace_vocabulary",
-           "zero_dropout", "set_rope_theta", "is_slamkit_folder", "count_parameters", "SLAM_JSON"]
+           "zero_dropout", "set_rope_theta", "is_slamkit_folder", "count_parameters"]
