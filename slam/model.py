@@ -458,5 +458,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
-__all__ = ["twist_init", "random_init", "save_model", "embed_tokenizer_files", "load_model", "convert_slamkit", "replace_vocabulary",
-           "zero_dropout", "set_rope_theta", "is_slamkit_folder", "count_parameters"]
+__all__ = ["twist_init", "random_init", "save_model", "embed_tokenizer_files", "load_model", "convert_slamkit",
+           "replace_vocabulary", "zero_dropout", "set_rope_theta", "is_slamkit_folder", "count_parameters"]
