@@ -291,11 +291,14 @@ def _batches(lengths: Sequence[int], batch_tokens: int, max_batch: int) -> list[
 @torch.inference_mode()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], reduction: str = "mean",
                     batch_tokens: int = 16384, max_batch: int = 256, pad_id: int = 0,
-                    progress: bool = False) -> np.ndarray:
+                    progress: bool = False, allowed_ids: Sequence[int] | None = None,
+                    score_from: Sequence[int] | None = None) -> np.ndarray:
     """NLL of each id sequence (first token given, every later one predicted): mean or sum over tokens.
 
     batch_tokens bounds padded tokens per forward (logits are batch_tokens x vocab floats); batch_tokens=0
-    scores one sequence at a time.
+    scores one sequence at a time. Interleaved models: `allowed_ids` restricts the softmax to those ids
+    (e.g. units + eos: text logits masked off), `score_from[i]` is the index of sequence i's first scored
+    token (default 1; e.g. the ending after a prompt).
     """
     if reduction not in ("mean", "sum"):
         raise SlamError(f"score must be 'mean' or 'sum', got {reduction!r}")
@@ -315,8 +318,16 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], reduction: s
             mask[r, : lengths[i]] = 1
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+        if allowed_ids is not None:
+            bias = torch.full((logits.shape[-1],), float("-inf"), device=device)
+            bias[torch.as_tensor(np.asarray(allowed_ids, dtype=np.int64), device=device)] = 0.0
+            logits = logits + bias
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
         m = mask[:, 1:].float()
+        if score_from is not None:
+            for r, i in enumerate(idx):
+                m[r, : max(0, int(score_from[i]) - 1)] = 0.0
+        nll = torch.where(m > 0, nll, 0.0)  # unscored targets (pad, prompt) may lie outside allowed_ids: inf x 0
         total = (nll * m).sum(-1)
         val = total / m.sum(-1) if reduction == "mean" else total
         out[idx] = val.double().cpu().numpy()
@@ -382,7 +393,14 @@ def evaluate_pairs(model: Any, info: SlamInfo, pairs: Benchmark | str | Path, *,
         seqs.append(info.units_to_ids(u))
     was_training = model.training
     model.eval()
-    nll = score_sequences(model, seqs, score, batch_tokens=batch_tokens, pad_id=info.pad_id, progress=progress)
+    # Interleaved models (`<s> <speech> units <s>`): score the units and the end only, with text and marker
+    # logits masked off, so the number compares with a speech-only model's.
+    speech_only = {}
+    if info.speech_token_id is not None:
+        unit_ids = np.arange(info.unit_offset, info.unit_offset + info.n_units)
+        speech_only = {"allowed_ids": np.r_[unit_ids, info.eos_id], "score_from": [2] * len(seqs)}
+    nll = score_sequences(model, seqs, score, batch_tokens=batch_tokens, pad_id=info.pad_id, progress=progress,
+                          **speech_only)
     model.train(was_training)
     by_file = dict(zip(files, nll))
     outcomes = [float(np.mean([pair_outcome(by_file[a], by_file[b]) for a, b in zip(p.positive, p.negative)]))
