@@ -90,22 +90,27 @@ def next_unit_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: floa
 def sample_units(model: Any, info: SlamInfo, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 150,
                  temperature: float = 0.8, top_k: int | None = 25, repetition_penalty: float | None = None,
                  seed: int = 0, num_samples: int = 1, batch_size: int = 32,
-                 progress: bool = False) -> list[list[np.ndarray]]:
+                 progress: bool = False, prefixes: Sequence[Sequence[int]] | None = None) -> list[list[np.ndarray]]:
     """Continue each prompt (units 0..K-1) `num_samples` times; returns [prompt][sample] -> new units.
 
     temperature 0 = greedy. Only unit ids are ever drawn (the special ids of `info.special_ids` are out of
-    the sampled slice), so every continuation has exactly max_new_tokens units.
+    the sampled slice), so every continuation has exactly max_new_tokens units. `prefixes[i]` (model ids)
+    replaces prompt i's opening `<s>` (e.g. an interleaved text prompt `<s> <text> tokens <speech>`).
     """
     device = next(model.parameters()).device
     K, off = info.n_units, info.unit_offset
     rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     out: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] * num_samples for _ in prompts]
     # longest first so that rows of similar length share a batch (less padding)
-    rows.sort(key=lambda r: -len(prompts[r[0]]))
+    head = [None if x is None else np.asarray(x, np.int64) for x in (prefixes or [None] * len(prompts))]
+    if len(head) != len(prompts):
+        raise SlamError(f"{len(head)} prefixes for {len(prompts)} prompts")
+    rows.sort(key=lambda r: -len(prompts[r[0]]) - (0 if head[r[0]] is None else len(head[r[0]])))
     bar = tqdm(total=len(rows) * max_new_tokens, unit="unit", desc="sampling", disable=not progress)
     for b in range(0, len(rows), batch_size):
         batch = rows[b:b + batch_size]
-        ids = [info.units_to_ids(prompts[p], bos=True, eos=False) for p, _ in batch]
+        ids = [info.units_to_ids(prompts[p], bos=True, eos=False) if head[p] is None else
+               np.r_[head[p], np.asarray(prompts[p], np.int64) + off] for p, _ in batch]
         width = max(len(x) for x in ids)
         # left padding: every row's last prompt token sits in the last column, so one step appends to all
         input_ids = torch.full((len(batch), width), info.pad_id, dtype=torch.long)
