@@ -12,21 +12,29 @@ each writing 16 kHz wavs to a fresh folder:
                       joined by 100 ms pauses (times known by construction), 1 worker
 Word-time accuracy of the event method: for two-sentence texts, |event start of the second sentence's
 first word - onset of speech after the pause| (energy onset, 10 ms frames, -30 dB gate).
-The 2 CPU cores are shared with other sessions: the 1-minute load average is printed with each run.
+The 2 CPU cores are shared with other sessions: the 1-minute load average is printed with each run, and
+beside wall-clock rates the CPU time of the run (this process and its reaped children, user + sys) gives
+"x realtime per CPU-second", which contention changes much less.
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# bench/ holds tokenize.py, which would shadow the standard library's tokenize (imported by logging, via
+# concurrent.futures): drop the script's folder from the path before anything else is imported
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 import argparse
 import io
 import os
+import resource
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -101,6 +109,11 @@ def start_error(n: int = 100) -> tuple[float, float]:
     return float(np.median(errs)), float(np.percentile(errs, 95))
 
 
+def _cpu() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=400)
@@ -116,18 +129,23 @@ def main() -> None:
         for name, fn, workers in runs:
             out = tempfile.mkdtemp(prefix=f"bench-synth-{name}-")
             load = os.getloadavg()[0]
+            cpu0 = _cpu()
             t0 = time.perf_counter()
             audio = fn(items, out, workers)
             wall = time.perf_counter() - t0
+            cpu = _cpu() - cpu0
             shutil.rmtree(out)
-            results[name].append((len(items) / wall, audio / wall, load))
+            results[name].append((len(items) / wall, audio / wall, audio / cpu, load))
             print(f"round {r}  {name:11s} {len(items) / wall:7.1f} utt/s  {audio / wall:7.1f}x realtime  "
-                  f"({audio:.0f} s audio in {wall:.2f} s, load {load:.2f})", flush=True)
-    print("\n| method | workers | utterances/s (median) | x realtime (median) | load avg during runs |")
-    print("| --- | --- | --- | --- | --- |")
+                  f"{audio / cpu:7.1f}x per CPU-s  ({audio:.0f} s audio in {wall:.2f} s, {cpu:.2f} CPU-s, "
+                  f"load {load:.2f})", flush=True)
+    print("\n| method | workers | utterances/s | x realtime (wall) | x realtime per CPU-second | 1-min load |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for name, _, workers in runs:
-        u, x, ld = np.array(results[name]).T
-        print(f"| {name} | {workers} | {np.median(u):.0f} | {np.median(x):.0f} | {ld.min():.2f}-{ld.max():.2f} |")
+        u, x, xc, ld = np.array(results[name]).T
+        print(f"| {name} | {workers} | {np.median(u):.0f} | {np.median(x):.0f} | {np.median(xc):.0f} | "
+              f"{ld.min():.1f}-{ld.max():.1f} |")
+    print("(medians over rounds)")
     med, p95 = start_error()
     print(f"\nword start after a sentence pause vs energy onset: median {med:.0f} ms, 95th percentile {p95:.0f} ms")
 

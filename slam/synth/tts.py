@@ -91,7 +91,8 @@ def read_text(path: str | Path, voices: list[str]) -> list[Utterance]:
                 continue
             try:
                 row = json.loads(line)
-                items.append(Utterance(str(row["id"]), str(row["text"]), str(row.get("voice") or voices[n % len(voices)])))
+                items.append(Utterance(str(row["id"]), str(row["text"]),
+                                      str(row.get("voice") or voices[(n - 1) % len(voices)])))
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise SlamError(f"{path}:{n}: expected a JSON object with id and text ({e})") from e
     else:
@@ -177,8 +178,9 @@ def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "
             results = map(_speak, jobs)
             pool = None
         else:
-            # fork: workers start in milliseconds and each opens its own engine (espeak state is global)
-            pool = mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(backend,))
+            # spawn, not fork: the caller may be a process with torch's thread pools running (the demo), which
+            # a forked child must not inherit; the start costs ~0.5 s, once. Each worker opens its own engine.
+            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(backend,))
             results = pool.imap_unordered(_speak, jobs, chunksize=4)
         try:
             last_sync = time.time()
