@@ -13,7 +13,8 @@ from slam.config import describe
 from slam.train.cli import RECIPES, load
 from slam.train.config import TrainConfig
 
-SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml"))
+# *-dpo.yaml recipes are read by `slam dpo` with their own schema (loaded in tests/test_dpo.py)
+SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml") if not p.stem.endswith("-dpo"))
 
 
 def test_the_four_recipes_are_shipped():

@@ -1,0 +1,669 @@
+"""Direct Preference Optimisation on spoken preference pairs: `dpo(cfg)` aligns a speech LM within a budget.
+
+The paper's last step (30 minutes of DPO on SpokenSwag after 23.5 h of pre-training: sBLIMP +2.4, sSC +2.5,
+tSC +4.0, GenPPL 88 -> 63). Recipe: slam/recipes/slam-dpo.yaml; CLI: `slam dpo RECIPE.yaml [key=value ...]`.
+
+Loss (Rafailov et al. 2023, arXiv 2305.18290, eq. 7), per pair (x, y_w chosen, y_l rejected):
+
+    L = -log sigmoid( beta * [ (log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x)) ] )
+
+log pi(y|x) is the SUM of the token log-probs of the completion (its units and the closing `<s>`) given
+`<s> prompt` and the completion so far; ref is the frozen starting model. beta * (log pi - log ref) is a
+completion's implicit reward; logged per step: loss, reward accuracy (share of pairs whose chosen reward is
+higher), chosen/rejected rewards and their margin.
+
+Batches: a micro-batch of B pairs is ONE packed row of 2B sequences (`<s> prompt chosen <s>` then
+`<s> prompt rejected <s>` per pair) with positions restarting at every sequence: one policy forward per
+micro-batch (what DDP expects), no padding, and the same attention path as pre-training (slam.attention:
+the varlen kernel on GPU, SDPA with per-document positions on CPU).
+
+Everything that is not DPO-specific comes from slam.train: the budget (progress p drives the LR, so the
+inverse-sqrt decay ends with the budget), schedule, optimiser, checkpoints (resume continues bit for bit),
+run folder, DDP/FSDP, and `train_step` (accumulation, one all-reduce, clip, non-finite guard). train_step
+divides the gradients by the global count the loss returns, here the number of pairs, so a step's gradient
+is the mean over its 64 pairs however they fall into micro-batches and ranks.
+
+    from slam.train.dpo import dpo, dpo_loss
+    final = dpo(load_config(DPOConfig, "slam/recipes/slam-dpo.yaml", ["model=runs/slam/final"]))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from slam.config import check
+from slam.errors import ConfigError, SlamError
+from slam.train import checkpoint, dist
+from slam.train.budget import Budget
+from slam.train.config import Budget as BudgetConfig
+from slam.train.config import Checkpoint, Dist, Eval, Optim, Schedule
+from slam.train.flops import attention_width, batch_flops
+from slam.train.loop import autocast, prepare_run_folder, seed_everything, train_step
+from slam.train.optim import build_optimizer, set_lr
+from slam.train.schedule import lr_at
+from slam.utils import format_duration
+
+IGNORE = -100
+
+
+# --- the loss -----------------------------------------------------------------------------------------------
+@dataclass
+class DPOOutput:
+    losses: torch.Tensor
+    """[B] per-pair loss -log sigmoid(beta * margin of log-ratios)."""
+    chosen_rewards: torch.Tensor
+    """[B] beta * (log pi(chosen) - log ref(chosen)), detached."""
+    rejected_rewards: torch.Tensor
+    """[B] beta * (log pi(rejected) - log ref(rejected)), detached."""
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float = 0.1) -> DPOOutput:
+    """The DPO loss of the module docstring on summed completion log-probs ([B] each).
+
+    Worked example (tests/test_dpo.py): policy -1 / -2, reference -1.5 / -1.5, beta 0.1 -> rewards +0.05 /
+    -0.05, margin 0.1, loss = log(1 + e^-0.1) = 0.644397. logsigmoid keeps it finite for any margin.
+    """
+    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    losses = -F.logsigmoid(beta * logits)
+    return DPOOutput(losses, (beta * (policy_chosen - ref_chosen)).detach(),
+                     (beta * (policy_rejected - ref_rejected)).detach())
+
+
+# --- the recipe ---------------------------------------------------------------------------------------------
+@dataclass
+class DPOData:
+    train: str = "data/prefs/units"
+    """Preference pairs: a units dataset whose ids are <pair>-prompt|chosen|rejected (`slam dpo
+    --build-prefs` writes one) or a prefs.jsonl of audio / .npy / inline units, paths relative to it."""
+    val: str | None = None
+    """Separate validation pairs; null = hold out `val_fraction` of the training pairs (by a hash of the id)."""
+    val_fraction: float = 0.01
+    """Share of pairs held out for validation when `val` is null (0 = no validation)."""
+    max_length: int = 1024
+    """Longest `<s> prompt completion <s>` kept, in tokens (the model's context); longer pairs are left out
+    and counted (SpokenSwag's are ~10 s of speech, ~250 tokens)."""
+
+    def __post_init__(self) -> None:
+        check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
+        check(self.max_length >= 3, "data.max_length", f"must be at least 3, got {self.max_length}")
+
+
+@dataclass
+class DPOBatch:
+    size: int = 64
+    """Pairs per optimiser step over all devices (the paper: 4 per device x 16 accumulation)."""
+    micro: int = 4
+    """Pairs per device per forward pass (2 sequences each, packed into one row)."""
+
+    def __post_init__(self) -> None:
+        check(self.size > 0, "batch.size", f"must be positive, got {self.size}")
+        check(self.micro > 0, "batch.micro", f"must be positive, got {self.micro}")
+        check(self.size % self.micro == 0, "batch.micro", f"{self.micro} does not divide batch.size {self.size}")
+
+
+@dataclass
+class DPOLoss:
+    beta: float = 0.1
+    """Strength of the pull towards the reference (the paper: 0.1); higher = stay closer."""
+    precompute_reference: bool = False
+    """Compute the reference log-probs of every pair once before training (cached in the run folder) and
+    free the reference model: no second model in memory and one forward less per micro-batch."""
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, "dpo.beta", f"must be positive, got {self.beta}")
+
+
+@dataclass
+class DPOConfig:
+    out: str = "runs/slam-dpo"
+    """Run folder: config, provenance, metrics, TensorBoard, checkpoints, final model."""
+    resume: bool = False
+    """Continue the run in `out` from its newest complete checkpoint."""
+    model: str = "runs/slam/final"
+    """The starting model (a slam model folder, or a published slamkit folder): the policy starts from it
+    and the frozen reference IS it."""
+    seed: int = 0
+    """Seed of the pair order and the validation split."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto = bf16 autocast on GPU, fp32 on CPU. Master weights and optimiser state stay fp32."""
+    compile: bool = False
+    """torch.compile each transformer block of the policy (dynamic shapes: packed rows vary in length)."""
+    log_every: int = 10
+    """Write a metrics line every this many optimiser steps."""
+    max_bad_steps: int = 5
+    """Consecutive non-finite losses tolerated (each restores the last checkpoint and skips the batch)."""
+    data: DPOData = field(default_factory=DPOData)
+    dpo: DPOLoss = field(default_factory=DPOLoss)
+    batch: DPOBatch = field(default_factory=DPOBatch)
+    optim: Optim = field(default_factory=lambda: Optim(lr=5e-5))
+    schedule: Schedule = field(default_factory=lambda: Schedule(name="inverse_sqrt", warmup=0.12,
+                                                                warmup_min_steps=0, min_lr=0.0))
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(time="30m"))
+    eval: Eval = field(default_factory=lambda: Eval(every_steps=200, batches=0))
+    checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(every_steps=200, every_minutes=10))
+    dist: Dist = field(default_factory=Dist)
+
+    def __post_init__(self) -> None:
+        check(bool(self.out), "out", "must name a run folder")
+        check(bool(self.model), "model", "must name the starting model folder")
+        check(self.log_every >= 1, "log_every", "must be >= 1")
+        check(self.schedule.min_lr <= self.optim.lr, "schedule.min_lr",
+              f"{self.schedule.min_lr} exceeds the peak optim.lr {self.optim.lr}")
+        if self.budget.steps is not None:
+            check(self.schedule.warmup_min_steps <= self.budget.steps, "schedule.warmup_min_steps",
+                  f"{self.schedule.warmup_min_steps} warmup steps exceed budget.steps {self.budget.steps}")
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+@dataclass
+class EncodedPairs:
+    """Every pair as model ids: prompt `<s> units`, completions `units <s>` (slamkit's tokenisation)."""
+
+    ids: list[str]
+    prompt: list[np.ndarray]
+    chosen: list[np.ndarray]
+    rejected: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=12)
+        for i in range(len(self)):
+            h.update(self.ids[i].encode())
+            for a in (self.prompt[i], self.chosen[i], self.rejected[i]):
+                h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+def encode_pairs(pairs: list, info: Any) -> EncodedPairs:
+    return EncodedPairs([p.id for p in pairs], [info.units_to_ids(p.prompt, bos=True, eos=False) for p in pairs],
+                        [info.units_to_ids(p.chosen, bos=False, eos=True) for p in pairs],
+                        [info.units_to_ids(p.rejected, bos=False, eos=True) for p in pairs])
+
+
+def collate(pairs: EncodedPairs, index: np.ndarray) -> dict[str, Any]:
+    """Pairs -> one packed row [1, T]: sequence 2j = prompt+chosen, 2j+1 = prompt+rejected of pair j.
+
+    `targets[t]` is the token at t+1 when that token belongs to a completion of the same sequence (the
+    logits at t predict it), else -100; `owner[t]` is the sequence the target belongs to."""
+    from slam.attention import cu_seqlens_from_position_ids
+
+    ids, pos, tgt, own = [], [], [], []
+    for j, i in enumerate(index):
+        p = pairs.prompt[i]
+        for k, comp in enumerate((pairs.chosen[i], pairs.rejected[i])):
+            seq = np.concatenate([p, comp])
+            t = np.full(len(seq), IGNORE, dtype=np.int64)
+            t[len(p) - 1:len(seq) - 1] = comp
+            ids.append(seq)
+            pos.append(np.arange(len(seq)))
+            tgt.append(t)
+            own.append(np.full(len(seq), 2 * j + k, dtype=np.int64))
+    position_ids = np.concatenate(pos)[None]
+    cu, max_len = cu_seqlens_from_position_ids(position_ids)
+    cu_t = torch.from_numpy(cu)
+    completion = sum(len(pairs.chosen[i]) + len(pairs.rejected[i]) for i in index)
+    return {"input_ids": torch.from_numpy(np.concatenate(ids)[None]), "position_ids": torch.from_numpy(position_ids),
+            "targets": torch.from_numpy(np.concatenate(tgt)), "owner": torch.from_numpy(np.concatenate(own)),
+            "index": torch.from_numpy(np.asarray(index, dtype=np.int64)),
+            "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": max_len, "max_length_k": max_len,
+            "n_tokens": int(position_ids.shape[1]), "n_completion": int(completion)}
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class PairLoader:
+    """Seeded shuffled order of the training pairs, `micro` pairs per rank per micro-batch; its position
+    {epoch, batch} resumes exactly (the order is a pure function of seed and epoch). The last incomplete
+    global micro-batch of an epoch is skipped, so every rank always gets full micro-batches."""
+
+    def __init__(self, train_index: np.ndarray, micro: int, seed: int, rank: int = 0, world: int = 1,
+                 fingerprint: str = "") -> None:
+        self.index = np.asarray(train_index, dtype=np.int64)
+        self.micro, self.seed, self.rank, self.world = int(micro), int(seed), int(rank), int(world)
+        self.per_epoch = len(self.index) // (self.micro * self.world)
+        if self.per_epoch == 0:
+            raise ConfigError(f"batch.micro: {len(self.index)} training pairs are fewer than one micro-batch of "
+                              f"{self.micro} pairs on each of {self.world} processes")
+        self.fp = fingerprint
+        self.epoch, self.batch = 0, 0
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+            self._order = (epoch, self.index[rng.permutation(len(self.index))])
+        return self._order[1]
+
+    def next(self) -> np.ndarray:
+        if self.batch >= self.per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        first = (self.batch * self.world + self.rank) * self.micro
+        self.batch += 1
+        return self.order(self.epoch)[first:first + self.micro]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "global_micro": self.micro * self.world,
+                "fingerprint": self.fp}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["seed"]) != self.seed or int(state["global_micro"]) != self.micro * self.world:
+            raise SlamError(f"data position was saved with seed {state['seed']} and {state['global_micro']} pairs "
+                            f"per micro-step, this run has {self.seed} and {self.micro * self.world}; resume "
+                            f"with the same settings")
+        if state.get("fingerprint") and state["fingerprint"] != self.fp:
+            raise SlamError("the preference pairs changed since the checkpoint; resume with the same data")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+def load_pairs(cfg: DPOConfig, info: Any, main: bool = True) -> tuple[EncodedPairs, np.ndarray, np.ndarray, dict]:
+    """All pairs (train then val) as ids, the train and val indices into them, and counts for the log."""
+    from slam.data import in_val_split
+    from slam.prefs import load_prefs
+
+    try:
+        train, stats = load_prefs(cfg.data.train, info, model_dir=cfg.model, progress=main)
+        val = load_prefs(cfg.data.val, info, model_dir=cfg.model, progress=main)[0] if cfg.data.val else []
+    except SlamError as e:
+        raise ConfigError(f"data: {e}") from None
+    if not cfg.data.val and cfg.data.val_fraction > 0:
+        held = [in_val_split(p.id, cfg.data.val_fraction) for p in train]
+        val = [p for p, h in zip(train, held) if h]
+        train = [p for p, h in zip(train, held) if not h]
+    pairs = encode_pairs(train + val, info)
+    lengths = np.array([len(p) + max(len(c), len(r)) for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)])
+    ok = lengths <= cfg.data.max_length
+    n_train = len(train)
+    train_idx = np.flatnonzero(ok[:n_train])
+    val_idx = n_train + np.flatnonzero(ok[n_train:])
+    counts = {**stats, "train_pairs": int(len(train_idx)), "val_pairs": int(len(val_idx)),
+              "too_long": int((~ok).sum()), "mean_tokens_per_sequence": float(lengths.mean()) if len(lengths) else 0.0}
+    return pairs, train_idx, val_idx, counts
+
+
+# --- forward ------------------------------------------------------------------------------------------------
+def sequence_logps(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed completion log-probs [B] of a collated micro-batch, in one forward."""
+    from slam.attention import ATTN_NAME
+
+    hf = dist.unwrap(model)
+    kwargs: dict[str, Any] = {}
+    if getattr(hf.config, "_attn_implementation", None) == ATTN_NAME:
+        kwargs = {k: batch[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                   **kwargs).logits[0]
+    # cross_entropy gives 0 at ignored positions: summing per owner gives each completion's log-prob.
+    token_logp = -F.cross_entropy(logits.float(), batch["targets"], ignore_index=IGNORE, reduction="none")
+    n_seq = 2 * len(batch["index"])
+    per_seq = torch.zeros(n_seq, device=token_logp.device, dtype=torch.float32).index_add_(0, batch["owner"], token_logp)
+    return per_seq[0::2], per_seq[1::2]
+
+
+class Metrics:
+    """Sums of the step's DPO statistics on this rank; `reduce` agrees on them over ranks (one all-reduce)."""
+
+    NAMES = ("loss", "chosen", "rejected", "correct", "pairs", "tokens")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = [0.0] * len(self.NAMES)
+        self._pending: list[torch.Tensor] = []
+
+    def add(self, out: DPOOutput, batch: dict[str, Any]) -> None:
+        # kept on the device and summed once per step: no host sync per micro-batch
+        self._pending.append(torch.stack([out.losses.detach().sum(), out.chosen_rewards.sum(),
+                                          out.rejected_rewards.sum(),
+                                          (out.chosen_rewards > out.rejected_rewards).float().sum()]).double())
+        self.sums[4] += float(len(out.losses))
+        self.sums[5] += float(batch["n_tokens"])
+
+    def reduce(self, device: torch.device) -> dict[str, float]:
+        first = torch.stack(self._pending).sum(0) if self._pending else torch.zeros(4, dtype=torch.float64, device=device)
+        packet = torch.cat([first.to(device), torch.tensor(self.sums[4:], dtype=torch.float64, device=device)])
+        loss, chosen, rejected, correct, pairs, tokens = dist.all_reduce(packet).cpu().tolist()
+        self.reset()
+        n = max(pairs, 1.0)
+        return {"loss": loss / n, "reward_accuracy": correct / n, "reward_chosen": chosen / n,
+                "reward_rejected": rejected / n, "reward_margin": (chosen - rejected) / n, "pairs": int(pairs),
+                "tokens": int(tokens)}
+
+
+def make_loss_fn(reference: nn.Module | None, beta: float, metrics: Metrics) -> Callable:
+    """`loss_fn(model, batch) -> (sum of pair losses, number of pairs)`, the interface of train_step.
+    The reference log-probs come from the batch (precomputed) or from the frozen reference model."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        pol_c, pol_r = sequence_logps(model, batch)
+        if "ref_chosen" in batch:
+            ref_c, ref_r = batch["ref_chosen"], batch["ref_rejected"]
+        else:
+            with torch.no_grad():
+                ref_c, ref_r = sequence_logps(reference, batch)
+        out = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
+        metrics.add(out, batch)
+        return out.losses.sum(), len(out.losses)
+
+    return loss_fn
+
+
+def _rank_share(index: np.ndarray, env: dist.Env, pad: bool) -> tuple[np.ndarray, int]:
+    """This rank's pairs of `index`, the same count on every rank (collectives inside sharded forwards
+    must line up): padded by repeating (results then discarded) or cut to the common count."""
+    share = index[env.rank::env.world]
+    count = -(-len(index) // env.world) if pad else len(index) // env.world
+    if len(share) < count:
+        share = np.concatenate([share, np.repeat(index[-1:], count - len(share))])
+    return share[:count], min(len(share), count)
+
+
+@torch.no_grad()
+def reference_table(reference: nn.Module, pairs: EncodedPairs, micro: int, env: dist.Env, amp: Callable,
+                    progress: bool = True) -> torch.Tensor:
+    """[N, 2] reference (chosen, rejected) log-probs of every pair, each rank computing a share."""
+    table = torch.zeros(len(pairs), 2, dtype=torch.float64, device=env.device)
+    share, real = _rank_share(np.arange(len(pairs)), env, pad=True)
+    bar = tqdm(total=len(share), desc="reference log-probs", unit="pair", disable=not progress, dynamic_ncols=True)
+    for a in range(0, len(share), micro):
+        idx = share[a:a + micro]
+        batch = to_device(collate(pairs, idx), env.device)
+        with amp():
+            c, r = sequence_logps(reference, batch)
+        keep = torch.from_numpy(np.arange(a, a + len(idx)) < real).to(env.device)
+        rows = batch["index"][keep]
+        table[rows, 0] = c[keep].double()
+        table[rows, 1] = r[keep].double()
+        bar.update(len(idx))
+    bar.close()
+    return dist.all_reduce(table).float()
+
+
+def _reference_cache(run_folder: Path, model: str, pairs: EncodedPairs, precision: str) -> tuple[Path, dict]:
+    return run_folder / "reference-logps.safetensors", {
+        "model": str(Path(model).resolve()), "pairs": pairs.fingerprint(), "precision": precision}
+
+
+def _load_cached_table(path: Path, meta: dict) -> torch.Tensor | None:
+    from safetensors import safe_open
+
+    if not path.exists():
+        return None
+    with safe_open(str(path), "pt") as f:
+        if (f.metadata() or {}) != meta:
+            return None
+        return f.get_tensor("logps")
+
+
+@torch.no_grad()
+def evaluate_pairs(model: nn.Module, loss_fn: Callable, metrics: Metrics, pairs: EncodedPairs, val_idx: np.ndarray,
+                   micro: int, env: dist.Env, amp: Callable, ref_table: torch.Tensor | None) -> dict[str, float]:
+    """DPO loss and reward statistics over the validation pairs (every rank the same number of batches)."""
+    was_training = model.training
+    model.eval()
+    metrics.reset()
+    share, _ = _rank_share(val_idx, env, pad=False)
+    for a in range(0, len(share), micro):
+        batch = with_reference(to_device(collate(pairs, share[a:a + micro]), env.device), ref_table)
+        with amp():
+            loss_fn(model, batch)
+    model.train(was_training)
+    return metrics.reduce(env.device)
+
+
+def with_reference(batch: dict[str, Any], ref_table: torch.Tensor | None) -> dict[str, Any]:
+    if ref_table is not None:
+        rows = ref_table[batch["index"]]
+        batch["ref_chosen"], batch["ref_rejected"] = rows[:, 0], rows[:, 1]
+    return batch
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+def load_start_model(cfg: DPOConfig, device: torch.device, trainable: bool) -> tuple[nn.Module, Any]:
+    """The starting checkpoint in fp32 on the device, its attention path set for packed rows."""
+    from slam.attention import prepare_packed_attention
+    from slam.model import load_model
+
+    try:
+        model, info = load_model(cfg.model, dtype=torch.float32)
+    except SlamError as e:
+        raise ConfigError(f"model: {e}") from None
+    model.config.use_cache = False
+    model.to(device)
+    prepare_packed_attention(model)
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model, info
+
+
+def dpo(cfg: DPOConfig) -> Path:
+    """Run the recipe; returns the final model folder."""
+    env = dist.init()
+    try:
+        return _dpo(cfg, env)
+    finally:
+        dist.shutdown()
+
+
+def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
+    from slam.model import count_parameters
+
+    t_setup = time.perf_counter()
+    seed_everything(cfg.seed)
+    if not Path(cfg.model).exists():
+        raise ConfigError(f"model: {cfg.model!r} does not exist (give the pre-trained model folder)")
+    run, resume_from = prepare_run_folder(cfg, env)
+    run.write_config(cfg)
+    run.write_provenance({"stage": "dpo", "world_size": env.world,
+                          "resumed_from": str(resume_from) if resume_from else None})
+
+    policy, info = load_start_model(cfg, env.device, trainable=True)
+    pairs, train_idx, val_idx, counts = load_pairs(cfg, info, main=env.main)
+    max_pos = getattr(policy.config, "max_position_embeddings", None)
+    if max_pos is not None and cfg.data.max_length > max_pos:
+        raise ConfigError(f"data.max_length: {cfg.data.max_length} exceeds the model's {max_pos} positions")
+    n_params = count_parameters(policy)
+    layers, width = attention_width(policy)
+    amp = autocast(cfg, env.device)
+
+    # The reference: a second copy of the starting checkpoint, frozen (never wrapped for training, no grads).
+    ref_table = None
+    reference = None
+    if cfg.dpo.precompute_reference:
+        cache, meta = _reference_cache(run.folder, cfg.model, pairs, cfg.precision)
+        ref_table = _load_cached_table(cache, meta) if resume_from is not None else None
+        if ref_table is None:
+            reference, _ = load_start_model(cfg, env.device, trainable=False)
+            if cfg.dist.strategy == "fsdp":
+                reference = dist.wrap(reference, "fsdp", env)
+            t0 = time.perf_counter()
+            ref_table = reference_table(reference, pairs, cfg.batch.micro, env, amp, progress=env.main)
+            if env.main:
+                from safetensors.torch import save_file
+
+                save_file({"logps": ref_table.cpu().contiguous()}, str(cache), metadata=meta)
+                print(f"slam dpo: reference log-probs of {len(pairs)} pairs in "
+                      f"{format_duration(time.perf_counter() - t0)}; the reference model is freed")
+            del reference
+            reference = None
+            if env.device.type == "cuda":
+                torch.cuda.empty_cache()
+        ref_table = ref_table.to(env.device)
+    else:
+        reference, _ = load_start_model(cfg, env.device, trainable=False)
+        if cfg.dist.strategy == "fsdp":
+            reference = dist.wrap(reference, "fsdp", env)
+
+    if cfg.compile:  # packed rows vary in length: dynamic shapes, or one recompile per length
+        for block in dist.transformer_blocks(policy):
+            block.compile(dynamic=True)
+    model = dist.wrap(policy, cfg.dist.strategy, env)
+    optimizer = build_optimizer(model, cfg.optim)
+    budget = Budget.from_config(cfg.budget)
+    accum = cfg.batch.size // (cfg.batch.micro * env.world)
+    if accum * cfg.batch.micro * env.world != cfg.batch.size:
+        raise ConfigError(f"batch.size: {cfg.batch.size} pairs is not a multiple of batch.micro {cfg.batch.micro} "
+                          f"x {env.world} processes")
+    loader = PairLoader(train_idx, cfg.batch.micro, cfg.seed, env.rank, env.world, fingerprint=pairs.fingerprint())
+    metrics = Metrics()
+    loss_fn = make_loss_fn(reference, cfg.dpo.beta, metrics)
+    ref_flops = 0.0 if ref_table is not None else 2.0 * n_params  # the reference's forward, per token
+
+    step = 0
+    flops_total = 0.0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model, optimizer, env)
+        step = state["step"]
+        budget.load_state_dict(state["budget"])
+        loader.load_state_dict(state["data"])
+        flops_total = state.get("flops", 0.0)
+        run.log("event", step, event="resumed", checkpoint=resume_from.name)
+    elif cfg.resume and env.main:
+        print(f"slam dpo: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
+    if env.main and step == 0:
+        run.log("event", 0, event="data", **counts)
+    setup_s = time.perf_counter() - t_setup
+
+    def save_checkpoint() -> Path:
+        with budget.overhead_of("checkpoint"):
+            return checkpoint.save(run.checkpoints, step, model, optimizer,
+                                   {"budget": budget.state_dict(), "data": loader.state_dict(), "flops": flops_total,
+                                    "lr_peak": cfg.optim.lr}, env, keep_last=cfg.checkpoint.keep_last)
+
+    def validate() -> dict[str, float] | None:
+        if len(val_idx) < env.world:
+            return None
+        with budget.overhead_of("eval"):
+            v = evaluate_pairs(model, loss_fn, metrics, pairs, val_idx, cfg.batch.micro, env, amp, ref_table)
+        run.log("val", step, flops=flops_total, progress=budget.progress(), **v)
+        return v
+
+    last_good = checkpoint.latest(run.checkpoints)
+    last_ckpt_seconds = budget.seconds
+    bad_in_row = 0
+    window = {"pairs": 0, "tokens": 0, "seconds": 0.0}
+    bar = tqdm(total=100.0, disable=not env.main, dynamic_ncols=True, initial=round(100 * budget.progress(), 2),
+               bar_format="{percentage:5.1f}%|{bar:16}| {desc}")
+    model.train()
+    last: dict[str, float] = {}
+    while not budget.done():
+        p = budget.progress()
+        lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
+        set_lr(optimizer, lr, p)
+        micro = [with_reference(to_device(collate(pairs, loader.next()), env.device), ref_table) for _ in range(accum)]
+        metrics.reset()
+        t0 = time.perf_counter()
+        with budget.step():
+            stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
+        dt = time.perf_counter() - t0
+        m = metrics.reduce(env.device)
+        budget.add(steps=1, tokens=m["tokens"])
+        step += 1
+        if not stats.finite:
+            bad_in_row += 1
+            restored = None
+            with budget.overhead_of("restore"):
+                if last_good is not None:
+                    checkpoint.load(last_good, model, optimizer, env, restore_rng=False)
+                    restored = last_good.name
+            run.log("event", step, event="non_finite", loss=stats.loss, grad_norm=stats.grad_norm, restored=restored)
+            if env.main:
+                tqdm.write(f"slam dpo: step {step}: non-finite loss/grad ({stats.loss}, {stats.grad_norm}); skipped "
+                           f"the batch{', restored ' + restored if restored else ''}")
+            if bad_in_row > cfg.max_bad_steps:
+                raise SlamError(f"{bad_in_row} non-finite steps in a row at step {step}; lower optim.lr or check "
+                                f"the data (max_bad_steps={cfg.max_bad_steps})")
+            continue
+        bad_in_row = 0
+        flops_total += batch_flops(n_params, m["tokens"], stats.pairs, layers, width) + ref_flops * m["tokens"]
+        window["pairs"] += m["pairs"]
+        window["tokens"] += m["tokens"]
+        window["seconds"] += dt
+        last = m
+        if step % cfg.log_every == 0 or budget.done() or step == 1:
+            sec = max(window["seconds"], 1e-9)
+            run.log("train", step, loss=stats.loss, reward_accuracy=m["reward_accuracy"],
+                    reward_chosen=m["reward_chosen"], reward_rejected=m["reward_rejected"],
+                    reward_margin=m["reward_margin"], lr=lr, grad_norm=stats.grad_norm, pairs=m["pairs"],
+                    tokens=budget.tokens, pairs_per_s=window["pairs"] / sec, tok_per_s=window["tokens"] / sec,
+                    flops=flops_total, progress=budget.progress(), train_hours=budget.seconds / 3600)
+            eta = budget.eta_seconds()
+            bar.set_description_str(
+                f"step {step} | loss {stats.loss:.4f} | acc {m['reward_accuracy']:.2f} | margin "
+                f"{m['reward_margin']:+.3f} | lr {lr:.2e} | {window['pairs'] / sec:.1f} pairs/s"
+                + (f" | ETA {format_duration(eta)}" if eta is not None else ""), refresh=False)
+            window = {"pairs": 0, "tokens": 0, "seconds": 0.0}
+        bar.update(round(100 * budget.progress(), 2) - bar.n)
+        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not budget.done():
+            validate()
+        due_steps = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
+        due_time = (cfg.checkpoint.every_minutes
+                    and budget.seconds - last_ckpt_seconds >= 60 * cfg.checkpoint.every_minutes)
+        if (due_steps or due_time) and not budget.done():
+            last_good = save_checkpoint()
+            last_ckpt_seconds = budget.seconds
+    bar.close()
+
+    val = validate()
+    last_good = save_checkpoint()
+    start_extra = dict(info.extra)
+    info.extra = {**{k: v for k, v in start_extra.items() if k != "train"}, "pretrain": start_extra.get("train"),
+                  "dpo": {"start_model": str(cfg.model), "beta": cfg.dpo.beta, "pairs": counts["train_pairs"],
+                          "steps": step}}
+    info.extra["train"] = {"run": str(run.folder), "steps": step, "tokens": budget.tokens,
+                           "train_seconds": round(budget.seconds, 1)}
+    with budget.overhead_of("final"):
+        final = save_final(model, info, run.final, env, tokenizer_root=cfg.model)
+    run.log("event", step, event="done", train_seconds=budget.seconds, overhead=budget.overhead,
+            setup_seconds=setup_s, flops=flops_total, tokens=budget.tokens, val=val)
+    run.plot()
+    if env.main:
+        over = ", ".join(f"{k} {format_duration(v)}" for k, v in sorted(budget.overhead.items()))
+        val_txt = (f"validation on {val['pairs']} pairs: loss {val['loss']:.4f}, reward accuracy "
+                   f"{val['reward_accuracy']:.3f}, margin {val['reward_margin']:+.4f}" if val else "no validation pairs")
+        last_txt = (f"last step: loss {last['loss']:.4f}, reward accuracy {last['reward_accuracy']:.3f}, margin "
+                    f"{last['reward_margin']:+.4f}" if last else "no finite step")
+        print(f"slam dpo: {step} steps x {cfg.batch.size} pairs ({counts['train_pairs']} training pairs, "
+              f"{counts['too_long']} longer than {cfg.data.max_length} tokens left out) in "
+              f"{format_duration(budget.seconds)} of training ({budget.kind} budget {100 * budget.progress():.0f}% "
+              f"spent; outside it: setup {format_duration(setup_s)}{', ' + over if over else ''}); beta "
+              f"{cfg.dpo.beta}, reference {'precomputed' if ref_table is not None else 'run every step'}; "
+              f"{last_txt}; {val_txt}. Wrote {final} (model folder), {run.folder}/metrics.jsonl, loss.png, "
+              f"TensorBoard events and checkpoints/{last_good.name}.")
+    run.close()
+    return final
+
+
+
+def save_final(model: nn.Module, info: Any, folder: Path, env: dist.Env, tokenizer_root: str) -> Path:
+    """`final/`, a model folder; the speech tokenizer files are copied from the starting model's folder."""
+    from slam.model import save_model
+
+    full = dist.model_state(model)  # a collective under FSDP
+    if env.main:
+        bare = dist.unwrap(model)
+        if dist.is_fsdp(model):  # sharded parameters: a plain CPU copy to write
+            from transformers import AutoModelForCausalLM
+
+            bare = AutoModelForCausalLM.from_config(bare.config)
+            bare.load_state_dict(full)
+        save_model(bare, info, folder, tokenizer_root=tokenizer_root)
+    dist.barrier()
+    return folder
