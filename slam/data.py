@@ -268,13 +268,15 @@ class PackedLoader:
 
     Each batch is a dict of CPU tensors: input_ids, labels, position_ids [B, S] (int64), the varlen kwargs
     cu_seq_lens_q/k (int32, over the flattened batch) and max_length_q/k (int), plus n_tokens (int: tokens
-    that are predicted, i.e. labels[:, 1:] != -100). With world_size > 1 every rank builds the same epoch
-    plan and takes its own B rows of each global batch, so all ranks share one position.
+    that are predicted, i.e. labels[:, 1:] != -100); see `to_batch` for `cu_bucket`. With world_size > 1
+    every rank builds the same epoch plan and takes its own B rows of each global batch, so all ranks share
+    one position.
     """
 
     def __init__(self, sources: Sequence[DocumentSource], seq_len: int, batch_size: int,
                  weights: Sequence[float] | None = None, seed: int = 0, shuffle: bool = True,
-                 infinite: bool = True, rank: int = 0, world_size: int = 1, pad_id: int = 0) -> None:
+                 infinite: bool = True, rank: int = 0, world_size: int = 1, pad_id: int = 0,
+                 cu_bucket: int = 0) -> None:
         if seq_len < 2 or batch_size < 1:
             raise SlamError(f"seq_len must be >= 2 and batch_size >= 1 (got {seq_len}, {batch_size})")
         if not 0 <= rank < world_size:
@@ -286,6 +288,7 @@ class PackedLoader:
         self.weights = None if weights is None else [float(w) for w in weights]
         self.seed, self.shuffle, self.infinite = int(seed), bool(shuffle), bool(infinite)
         self.rank, self.world_size, self.pad_id = int(rank), int(world_size), int(pad_id)
+        self.cu_bucket = int(cu_bucket)
         self._lengths = [np.asarray(s.lengths(), dtype=np.int64) for s in self.sources]
         self.epoch, self.batch = 0, 0
         self._plan: EpochPlan | None = None
@@ -370,7 +373,7 @@ class PackedLoader:
         first = batch * self.batch_size * self.world_size + self.rank * self.batch_size
         rows = [self._row(plan, first + i) for i in range(self.batch_size)]
         ids, pos, lab = (np.stack(x) for x in zip(*rows))
-        return to_batch(ids, pos, lab)
+        return to_batch(ids, pos, lab, self.cu_bucket)
 
     def next_batch(self) -> dict[str, Any]:
         if self.batch >= self.batches_per_epoch:
@@ -389,12 +392,24 @@ class PackedLoader:
                 return
 
 
-def to_batch(input_ids: np.ndarray, position_ids: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """numpy rows -> the batch dict (adds the varlen boundaries, computed here on the host, once per batch)."""
+def to_batch(input_ids: np.ndarray, position_ids: np.ndarray, labels: np.ndarray, cu_bucket: int = 0
+             ) -> dict[str, Any]:
+    """numpy rows -> the batch dict (adds the varlen boundaries, computed here on the host, once per batch).
+
+    `max_length_q/k` is the row length, an upper bound on every document (the kernel only sizes its grid
+    with it) that stays constant, so a compiled block never recompiles on it. `cu_bucket` > 0 pads the
+    cumulative lengths to a multiple of it with empty documents (repeats of the total), so that under
+    `torch.compile(dynamic=False)` the number of documents in a batch stops being a new shape every step
+    (~5 documents per 1024-token row: with 64, a [8, 1024] batch almost always has one shape).
+    """
     from slam.attention import cu_seqlens_from_position_ids
 
-    cu, max_len = cu_seqlens_from_position_ids(position_ids)
+    cu, _ = cu_seqlens_from_position_ids(position_ids)
+    if cu_bucket > 0:
+        n = -(-(len(cu) - 1) // cu_bucket) * cu_bucket
+        cu = np.concatenate([cu, np.full(n + 1 - len(cu), cu[-1], dtype=np.int32)])
     cu_t = torch.from_numpy(cu)
+    max_len = int(input_ids.shape[1])
     return {
         "input_ids": torch.from_numpy(np.ascontiguousarray(input_ids)),
         "labels": torch.from_numpy(np.ascontiguousarray(labels)),

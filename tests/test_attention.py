@@ -98,6 +98,11 @@ def test_gpu_kernel_matches_reference():
     out, _ = varlen_attention_forward(m, q, k, v, None, scaling=d ** -0.5, **varlen_kwargs(pos, dev))
     out.float().sum().backward()
     cu = varlen_kwargs(pos, dev)["cu_seq_lens_q"]
+    # what the loader hands over with cu_bucket and a constant max length: empty documents, bound = row
+    padded = torch.cat([cu, cu[-1:].repeat(7)])
+    out2, _ = varlen_attention_forward(m, q, k, v, None, scaling=d ** -0.5, cu_seq_lens_q=padded,
+                                       cu_seq_lens_k=padded, max_length_q=s, max_length_k=s)
+    torch.testing.assert_close(out2.float(), out.float(), rtol=1e-3, atol=1e-3)
     flat = [t.detach().float().transpose(1, 2).reshape(b * s, t.shape[1], d) for t in (q, k, v)]
     ref = reference_varlen(*flat, cu, d ** -0.5).view(b, s, hq, d)
     torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)

@@ -74,7 +74,8 @@ def test_cu_seqlens_are_exactly_the_document_boundaries():
     # independent: document starts on the stream plus every row start (33 tokens fill 3 rows exactly)
     starts = set(np.cumsum([0] + sizes[:-1]).tolist()) | {0, 11, 22}
     assert b["cu_seq_lens_q"].tolist() == sorted(starts) + [33]
-    assert b["cu_seq_lens_q"].dtype == torch.int32 and b["max_length_q"] == 8
+    assert b["cu_seq_lens_q"].dtype == torch.int32
+    assert b["max_length_q"] == 11  # the row length: an upper bound that never changes between batches
 
 
 @pytest.mark.parametrize("model_type", list(TINY))
@@ -98,6 +99,23 @@ def test_packed_loss_equals_documents_run_separately(model_type):
             loss_sum, n = causal_lm_loss(model, batch)
         assert int(n) == ref_n == batch["n_tokens"]
         assert float(loss_sum) == pytest.approx(ref_sum, rel=1e-5), path
+
+
+def test_bucketed_cu_seqlens_give_the_same_loss():
+    """cu_bucket pads the boundaries with empty documents (static shapes for torch.compile)."""
+    model, _ = random_init("llama", K, overrides=TINY["llama"], seed=3)
+    model.eval()
+    use_varlen_attention(model)
+    src = ArraySource(docs_of(np.arange(20) % 7 + 1, seed=9))
+    plain = PackedLoader([src], seq_len=16, batch_size=3, seed=0).next_batch()
+    bucketed = PackedLoader([src], seq_len=16, batch_size=3, seed=0, cu_bucket=8).next_batch()
+    cu, cub = plain["cu_seq_lens_q"].tolist(), bucketed["cu_seq_lens_q"].tolist()
+    assert (len(cub) - 1) % 8 == 0 and len(cub) > len(cu)
+    assert cub[:len(cu)] == cu and set(cub[len(cu):]) == {48}
+    with torch.no_grad():
+        a, n_a = causal_lm_loss(model, plain)
+        b, n_b = causal_lm_loss(model, bucketed)
+    assert int(n_a) == int(n_b) and float(a) == pytest.approx(float(b), rel=1e-6)
 
 
 def test_leaks_are_detected():
