@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from slam.config import check
 from slam.errors import ConfigError, SlamError
+from slam.interleave import InterleaveConfig
 from slam.utils import parse_duration
 
 
@@ -41,6 +42,10 @@ class Source:
     weight: float | None = None
     """Mixing weight: this source gives weight / sum of weights of the training tokens (small sets are
     upsampled). Null on every source = natural proportions, each document once per epoch (as slamkit)."""
+    stream: Literal["speech", "text", "interleaved"] | None = None
+    """data.kind=interleaved: what this source feeds: speech-only utterances, text-only lines, or
+    interleaved text/speech spans of utterances with word times; null = interleaved for a units dataset,
+    text for a text file."""
 
     def __post_init__(self) -> None:
         check(self.weight is None or self.weight > 0, "weight", f"must be positive, got {self.weight}")
@@ -54,10 +59,14 @@ class Data:
     """Separate validation source; null = hold out `val_fraction` of the documents of the training sources."""
     val_fraction: float = 0.005
     """Share of documents held out for validation when `val` is null (chosen by a seeded hash of the id)."""
-    kind: Literal["units", "text"] = "units"
-    """units = speech units datasets; text = plain text LM pre-training (the demo's text warm-up)."""
+    kind: Literal["units", "text", "interleaved"] = "units"
+    """units = speech units datasets; text = plain text LM pre-training (the demo's text warm-up);
+    interleaved = speech-only, text-only and interleaved streams mixed (slam.interleave)."""
     text_tokenizer: str | None = None
-    """data.kind=text: folder of the HF tokenizer that turns the text into ids."""
+    """data.kind=text: folder of the HF tokenizer that turns the text into ids; data.kind=interleaved: the
+    text tokenizer (null = model.base's own)."""
+    interleave: InterleaveConfig = field(default_factory=InterleaveConfig)
+    """data.kind=interleaved: how utterances are cut into text and speech spans."""
     context: int = 1024
     """Tokens per packed row (the paper: 1024). Long documents are cut into chunks of this length."""
 

@@ -25,6 +25,10 @@ def _text_files(path: Path) -> list[Path]:
 def check_sources(cfg: TrainConfig) -> None:
     """Every data path exists and is of the kind the recipe says (units dataset folder / text)."""
     d = cfg.data
+    if d.kind == "interleaved":
+        from slam.interleave import check_sources as check_interleaved
+
+        return check_interleaved(cfg)
     if not d.train:
         raise ConfigError("data.train: no training source given (a list of {path, weight})")
     weights = [s.weight is not None for s in d.train]
@@ -51,6 +55,10 @@ def check_sources(cfg: TrainConfig) -> None:
 def token_layout(cfg: TrainConfig) -> SlamInfo:
     """The model's vocabulary: units of the datasets (pad, <s>, units) or the text tokenizer's."""
     d = cfg.data
+    if d.kind == "interleaved":
+        from slam.interleave import token_layout as interleaved_layout
+
+        return interleaved_layout(cfg)
     if d.kind == "text":
         from transformers import AutoTokenizer
 
@@ -128,6 +136,10 @@ def loaders(cfg: TrainConfig, info: SlamInfo, env: dist.Env) -> tuple[TrainData,
     from slam.data import PackedLoader
 
     d = cfg.data
+    if d.kind == "interleaved":
+        from slam.interleave import loaders as interleaved_loaders
+
+        return interleaved_loaders(cfg, info, env)
     paths = [s.path for s in d.train]
     frac = 0.0 if d.val else d.val_fraction
     train_src = _sources(cfg, info, "train", paths, frac)
