@@ -29,6 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bench", action="append", default=[], metavar="NAME=PATH",
                    help="a pairs benchmark (repeatable); NAME defaults to the folder name")
     p.add_argument("--genppl", metavar="PROMPTS_DIR", default=None, help="prompt audio folder for GenPPL")
+    p.add_argument("--cross-modal", action="append", default=[], metavar="NAME=PAIRS_JSONL",
+                   help="interleaved models: story cloze across modalities from a TEXT pairs.jsonl (slam corpus "
+                        "bench/story or bench/topic): NAME-t2s (text prompt -> speech ending) and NAME-s2t "
+                        "(speech prompt -> text ending); prompts and endings are spoken with espeak-ng")
+    p.add_argument("--cross-modal-work", default=None, metavar="DIR",
+                   help="where the cross-modal audio goes (default: OUT's folder/crossmodal-NAME; resumable)")
+    p.add_argument("--cross-modal-n", type=int, default=None, help="use only the first N cross-modal pairs")
     p.add_argument("--out", default=None, help="results.json (default: MODEL_DIR/eval-results.json)")
     p.add_argument("--score", choices=["mean", "sum"], default="mean",
                    help="utterance score: mean token NLL (published) or the sum")
@@ -92,11 +99,17 @@ def run(args: argparse.Namespace) -> int:
     from slam.eval.pairs import default_cache_dir, evaluate_pairs, read_benchmark
     from slam.generate import load_for_inference, load_model_tokenizer
 
-    if not args.bench and not args.genppl:
-        raise SlamError("nothing to evaluate: give --bench NAME=PATH and/or --genppl PROMPTS_DIR")
+    if not args.bench and not args.genppl and not args.cross_modal:
+        raise SlamError("nothing to evaluate: give --bench NAME=PATH, --genppl PROMPTS_DIR and/or --cross-modal "
+                        "NAME=PAIRS_JSONL")
     t0 = time.perf_counter()
     benches = [parse_bench(b) for b in args.bench]
-    names = [n for n, _ in benches] + (["genppl"] if args.genppl else [])
+    xmodal = [parse_bench(b) for b in args.cross_modal]
+    for _, path in xmodal:
+        if not path.is_file():
+            raise SlamError(f"--cross-modal {path}: not a file (expected a text pairs.jsonl)")
+    names = [n for n, _ in benches] + (["genppl"] if args.genppl else []) + \
+        [f"{n}-{d}" for n, _ in xmodal for d in ("t2s", "s2t")]
     if len(set(names)) != len(names):
         raise SlamError(f"benchmark names must be unique: {names}")
     read = [(n, read_benchmark(p)) for n, p in benches]  # layout errors before any model loading
@@ -109,6 +122,16 @@ def run(args: argparse.Namespace) -> int:
         metrics[name] = evaluate_pairs(model, info, bench, tokenizer=tokenizer, score=args.score,
                                        batch_tokens=args.batch_tokens, cache_dir=cache_dir)
     out = Path(args.out) if args.out else Path(args.model_dir) / "eval-results.json"
+    if xmodal:
+        from slam.interleave import cross_modal_cloze, model_text_tokenizer
+
+        text_tok = model_text_tokenizer(info, args.model_dir)
+        for name, path in xmodal:
+            work = Path(args.cross_modal_work) if args.cross_modal_work else out.parent / f"crossmodal-{name}"
+            print(f"[{name}] cross-modal story cloze from {path} (audio in {work})")
+            r = cross_modal_cloze(model, info, text_tok, tokenizer, path, work, n=args.cross_modal_n,
+                                  cache_dir=cache_dir, batch_tokens=args.batch_tokens, score=args.score)
+            metrics[f"{name}-t2s"], metrics[f"{name}-s2t"] = r["t2s"], r["s2t"]
     if args.genppl:
         from slam.eval.genppl import DEFAULT_ASR, DEFAULT_TEXT_LM, TextLM, WhisperASR, evaluate_genppl
         from slam.vocoder import load_vocoder
