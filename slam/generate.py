@@ -156,6 +156,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt audio file or folder of audio files (repeatable)")
     p.add_argument("--prompt-units", action="append", default=[], metavar="UNITS_DIR[:ID]",
                    help="prompt from a units dataset row (default: its first row) instead of audio")
+    p.add_argument("--prompt-text", action="append", default=[], metavar="TEXT",
+                   help="interleaved models: a text prompt, continued in speech (`<s> <text> TEXT <speech>`)")
     p.add_argument("--prompt-seconds", type=float, default=None,
                    help="cut each prompt audio to its first S seconds (GenPPL uses 3.0)")
     p.add_argument("--out", required=True, help="OUT.wav; with several outputs, OUT.<prompt>.<sample>.wav")
@@ -203,8 +205,8 @@ def run(args: argparse.Namespace) -> int:
     from slam.audio import load_audio
     from slam.vocoder import load_vocoder
 
-    if not args.prompt and not args.prompt_units:
-        raise SlamError("give a prompt: --prompt AUDIO or --prompt-units UNITS_DIR[:ID]")
+    if not args.prompt and not args.prompt_units and not args.prompt_text:
+        raise SlamError("give a prompt: --prompt AUDIO, --prompt-units UNITS_DIR[:ID] or --prompt-text TEXT")
     t0 = time.perf_counter()
     model, info = load_for_inference(args.model_dir, device=args.device)
     vocoder = load_vocoder(info, args.model_dir, args.vocoder, device=args.device)
@@ -222,10 +224,20 @@ def run(args: argparse.Namespace) -> int:
         name, u, d = _units_row(spec, info)
         names.append(name), units.append(u), durs.append(d)
         prompt_seconds.append(float(d.sum()) * vocoder.samples_per_frame / vocoder.sample_rate)
+    prefixes: list = [None] * len(names)
+    texts: list = [None] * len(names)
+    if args.prompt_text:
+        from slam.interleave import model_text_tokenizer, text_prompt_ids
+
+        text_tok = model_text_tokenizer(info, args.model_dir)
+        for i, text in enumerate(args.prompt_text):
+            names.append(f"text{i}"), units.append(np.zeros(0, np.int64)), durs.append(np.zeros(0, np.int64))
+            prompt_seconds.append(0.0), texts.append(text), prefixes.append(text_prompt_ids(info, text_tok, text))
     t1 = time.perf_counter()
     new = sample_units(model, info, units, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                       num_samples=args.num_samples, batch_size=args.batch_size, progress=True)
+                       num_samples=args.num_samples, batch_size=args.batch_size, progress=True,
+                       prefixes=prefixes)
     t_sample = time.perf_counter() - t1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -244,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             records.append({"file": path.name, "prompt": name, "sample": s, "seed": args.seed,
                             "prompt_units": units[i].tolist(), "prompt_durations": durs[i].tolist(),
                             "units": new[i][s].tolist(), "seconds": len(wav) / vocoder.sample_rate,
-                            "continuation_seconds": cont_s})
+                            "continuation_seconds": cont_s, **({"prompt_text": texts[i]} if texts[i] else {})})
     jsonl = out.with_suffix(".units.jsonl")
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
     n_new = len(records) * args.max_new_tokens
