@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-import torch
 
 from slam.config import check
 from slam.errors import ConfigError, SlamError
@@ -127,12 +126,13 @@ def text_targets(info: SlamInfo) -> np.ndarray:
     return np.arange(int(info.extra.get("text_vocab_size", info.unit_offset)))
 
 
-@torch.no_grad()
-def init_new_rows(model: torch.nn.Module, info: SlamInfo, seed: int = 0, noise: float = 0.1) -> None:
+def init_new_rows(model: Any, info: SlamInfo, seed: int = 0, noise: float = 0.1) -> None:
     """Rows from `unit_offset` on (units, markers, pad) = mean of the used text rows + noise x their std.
 
     Text rows are not touched (bit-identical to what twist_init copied). Input table and untied head get the
     same treatment (a tied head is the same tensor); a head bias gets the mean text bias."""
+    import torch
+
     _require(info)
     n_text = int(info.extra.get("text_vocab_size", info.unit_offset))
     gen = torch.Generator().manual_seed(int(seed))
@@ -141,7 +141,7 @@ def init_new_rows(model: torch.nn.Module, info: SlamInfo, seed: int = 0, noise: 
     if head is not None and head.weight is not tables[0].weight:
         tables.append(head)
     for table in tables:
-        w = table.weight
+        w = table.weight.data  # in place, outside autograd
         text = w[:n_text].float()
         mean, std = text.mean(0), text.std(0)
         n_new = w.shape[0] - info.unit_offset
@@ -149,6 +149,7 @@ def init_new_rows(model: torch.nn.Module, info: SlamInfo, seed: int = 0, noise: 
         w[info.unit_offset:] = rows.to(w.dtype)
         bias = getattr(table, "bias", None)
         if bias is not None:
+            bias = bias.data
             bias[info.unit_offset:] = bias[:n_text].float().mean().to(bias.dtype)
 
 
@@ -459,6 +460,8 @@ def token_layout(cfg: Any) -> SlamInfo:
     tok = load_text_tokenizer(tok_ref)
     tok_path = Path(tok_ref)
     if not tok_path.is_dir():
+        import torch
+
         tok_path = Path(cfg.out) / TEXT_TOKENIZER_DIR
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             tok.save_pretrained(str(tok_path))
@@ -618,6 +621,13 @@ def cross_modal_cloze(model: Any, info: SlamInfo, text_tokenizer: Any, speech_to
 
 
 # --- generation ----------------------------------------------------------------------------------------------
+def text_prompt_ids(info: SlamInfo, text_tokenizer: Any, text: str) -> np.ndarray:
+    """`<s> <text> tokens <speech>`: a text prompt whose continuation is speech."""
+    _require(info)
+    toks = np.asarray(text_tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    return np.r_[info.bos_id, info.text_token_id, toks, info.speech_token_id].astype(np.int64)
+
+
 def generate_speech(model: Any, info: SlamInfo, text_tokenizer: Any = None, *,
                     prompt_units: Sequence[Sequence[int]] | None = None, prompt_text: Sequence[str] | None = None,
                     **sampling: Any) -> list[list[np.ndarray]]:
@@ -633,9 +643,7 @@ def generate_speech(model: Any, info: SlamInfo, text_tokenizer: Any = None, *,
         return sample_units(model, info, [np.asarray(p, np.int64) for p in prompt_units], **sampling)
     if text_tokenizer is None:
         raise SlamError("a text prompt needs the model's text tokenizer")
-    prefixes = [np.r_[info.bos_id, info.text_token_id,
-                      np.asarray(text_tokenizer(t, add_special_tokens=False)["input_ids"], np.int64),
-                      info.speech_token_id].astype(np.int64) for t in prompt_text]
+    prefixes = [text_prompt_ids(info, text_tokenizer, t) for t in prompt_text]
     empty = [np.zeros(0, np.int64) for _ in prompt_text]
     return sample_units(model, info, empty, prefixes=prefixes, **sampling)
 
