@@ -252,3 +252,22 @@ def test_generation_draws_units_only_from_text_and_speech_prompts(tok):
     b = generate_speech(model, info, tok, prompt_text=["Anna sliced the sticky bun."], max_new_tokens=8,
                         temperature=0)
     assert a[0][0].tolist() != b[0][0].tolist()
+
+
+def test_interleaved_recipe_is_the_papers_interleaving_setup():
+    from slam.train.cli import load
+
+    cfg = load("slam-interleaved", [])
+    assert cfg.data.kind == "interleaved" and cfg.model.base == "Qwen/Qwen2.5-0.5B"
+    i = cfg.data.interleave
+    assert (i.policy, i.speech_share, i.mean_words) == ("poisson", 0.3, 10.0)
+    assert sorted(s.stream for s in cfg.data.train) == ["interleaved", "speech", "text"]
+    # same optimiser, schedule and budget as the speech-only recipe: only the data differs
+    base = load("slam", [])
+    assert (cfg.optim, cfg.schedule, cfg.budget, cfg.batch) == (base.optim, base.schedule, base.budget, base.batch)
+    from slam.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="speech_share"):
+        load("slam-interleaved", ["data.interleave.speech_share=2"])
+    with pytest.raises(ConfigError, match="stream"):
+        load("slam-interleaved", ["data.train=[{path: x, stream: video}]"])
