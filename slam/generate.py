@@ -38,17 +38,26 @@ def load_for_inference(model_dir: str | Path, device: str = "cpu", dtype: torch.
     return model.eval(), info
 
 
-def load_model_tokenizer(info: SlamInfo, model_dir: str | Path):
-    """The speech tokenizer that made the model's training units; refuses one whose hash differs."""
+def load_model_tokenizer(info: SlamInfo, model_dir: str | Path, spec: str | None = None):
+    """The speech tokenizer that made the model's training units; refuses one whose hash differs.
+
+    spec: a tokenizer spec string for models whose slam.json names none (e.g. a published slamkit folder:
+    `hubert:slprl/mhubert-base-25hz@11:km500.bin`); it is then written into `info.tokenizer` (in memory)
+    so that the vocoder choice follows it too.
+    """
     from slam.units.tokenizer import load_tokenizer
 
-    if not info.tokenizer:
+    if spec is None and not info.tokenizer:
         raise SlamError(f"{model_dir}: slam.json names no speech tokenizer, so audio cannot be turned into "
-                        "units for this model (pass units instead)")
-    tok = load_tokenizer(info.tokenizer, root=model_dir)
+                        "units for this model; pass --tokenizer SPEC (e.g. hubert:MODEL@LAYER:KMEANS)")
+    tok = load_tokenizer(spec if spec is not None else info.tokenizer, root=None if spec else model_dir)
     if info.tokenizer_hash and tok.hash != info.tokenizer_hash:
         raise SlamError(f"{model_dir}: the tokenizer found has hash {tok.hash[:12]} but the model was trained on "
                         f"units of {info.tokenizer_hash[:12]}; its units would be meaningless to the model")
+    if tok.n_units != info.n_units:
+        raise SlamError(f"{model_dir}: the tokenizer makes {tok.n_units} units but the model has {info.n_units}")
+    if spec is not None and not info.tokenizer:
+        info.tokenizer = tok.spec
     return tok
 
 
@@ -169,6 +178,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--vocoder", default=None,
                    help="hifigan | melinv | a HiFi-GAN .pt file or folder (default: by the model's tokenizer)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer spec for a model whose slam.json names none (e.g. a published slamkit model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -209,11 +220,11 @@ def run(args: argparse.Namespace) -> int:
         raise SlamError("give a prompt: --prompt AUDIO, --prompt-units UNITS_DIR[:ID] or --prompt-text TEXT")
     t0 = time.perf_counter()
     model, info = load_for_inference(args.model_dir, device=args.device)
+    files = [f for p in args.prompt for f in _audio_files(Path(p))]
+    tok = load_model_tokenizer(info, args.model_dir, args.tokenizer) if files or args.tokenizer else None
     vocoder = load_vocoder(info, args.model_dir, args.vocoder, device=args.device)
     names, units, durs, prompt_seconds = [], [], [], []
-    files = [f for p in args.prompt for f in _audio_files(Path(p))]
     if files:
-        tok = load_model_tokenizer(info, args.model_dir)
         for f in files:
             wav = load_audio(f)
             if args.prompt_seconds:

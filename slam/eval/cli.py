@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per scoring forward")
     p.add_argument("--cache-dir", default=None, help="units cache (default ~/.cache/slam/units)")
     p.add_argument("--no-cache", action="store_true", help="tokenise every file again, write no cache")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer spec for a model whose slam.json names none (e.g. a published slamkit model)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g = p.add_argument_group("GenPPL")
     g.add_argument("--n-prompts", type=int, default=1000)
@@ -57,8 +59,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gen-batch-size", type=int, default=32)
 
 
-def model_hash(folder: str | Path) -> str:
+def model_hash(folder: str | Path) -> str | None:
+    """Over the weights, config.json and slam.json (not over eval outputs written into the folder)."""
     folder = Path(folder)
+    if not folder.is_dir():  # a hub id: its files live in the HF cache
+        return None
     files = [f for f in folder.iterdir() if f.suffix == ".safetensors" or f.name in ("config.json", "slam.json")]
     return hash_files(files, root=folder)
 
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise SlamError(f"benchmark names must be unique: {names}")
     read = [(n, read_benchmark(p)) for n, p in benches]  # layout errors before any model loading
     model, info = load_for_inference(args.model_dir, device=args.device)
-    tokenizer = load_model_tokenizer(info, args.model_dir)
+    tokenizer = load_model_tokenizer(info, args.model_dir, args.tokenizer)
     cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
     metrics: dict[str, dict[str, Any]] = {}
     for name, bench in read:
@@ -159,6 +164,6 @@ def run(args: argparse.Namespace) -> int:
     print(table(metrics))
     parts = [f"{n} {_fmt(r['value'])}{' %' if r['metric'] == 'accuracy' else ''} (n={r['n']})"
              for n, r in metrics.items()]
-    print(f"Evaluated {args.model_dir} (model hash {results['model']['hash'][:12]}) on {len(metrics)} metric(s) "
+    print(f"Evaluated {args.model_dir} (model hash {(results['model']['hash'] or 'n/a')[:12]}) on {len(metrics)} metric(s) "
           f"in {time.perf_counter() - t0:.1f} s: {', '.join(parts)}. Results in {out}.")
     return 0
