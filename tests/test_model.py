@@ -238,3 +238,14 @@ def test_slamkit_mismatches_fail_clearly(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "text"), "--out", str(tmp_path / "x")]) == 2
     assert "not a slamkit" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_slam_recipe_shape_has_the_papers_parameter_count():
+    """Qwen2.5-0.5B's body with the 502-token vocabulary = 358,347,904 parameters (the paper's count), built
+    through random_init on the meta device (no memory, no weights)."""
+    shape = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, tie_word_embeddings=True, max_position_embeddings=32768)
+    with torch.device("meta"):
+        model, info = random_init("qwen2", 500, overrides=shape)
+    assert info.vocab_size == 502
+    assert count_parameters(model) == 358_347_904
