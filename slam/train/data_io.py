@@ -82,8 +82,15 @@ def token_layout(cfg: TrainConfig) -> SlamInfo:
     n_units = int(first.get("n_units", 0))
     if n_units <= 0:
         raise ConfigError(f"data.train[0].path: {first_path}/meta.json has no positive n_units")
-    return SlamInfo(n_units=n_units, tokenizer=dict(first.get("tokenizer") or {}),
-                    tokenizer_hash=str(first.get("tokenizer_hash", "")))
+    # The spec's files (k-means, a HuBERT folder) are named relative to the dataset folder (`slam tokenize`
+    # copies the k-means in): anchor them there, so that save_model copies them into the model folder
+    # whatever the working directory (a relative name would be looked up in the cwd and not found).
+    tokenizer = dict(first.get("tokenizer") or {})
+    for key in ("kmeans", "model"):
+        value = tokenizer.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (Path(first_path) / value).exists():
+            tokenizer[key] = str((Path(first_path) / value).resolve())
+    return SlamInfo(n_units=n_units, tokenizer=tokenizer, tokenizer_hash=str(first.get("tokenizer_hash", "")))
 
 
 class TrainData:
