@@ -42,6 +42,7 @@ span gets exactly the units of its words.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -165,17 +166,23 @@ def _span_length(rng: np.random.Generator, mean: float) -> int:
     return 1 + int(rng.poisson(mean - 1.0))
 
 
-def _residual_length(rng: np.random.Generator, mean: float) -> int:
-    """First span of a stationary alternating process: P(R = k) = P(L >= k) / E[L], L = 1 + Poisson(mean-1)."""
+@functools.lru_cache(maxsize=16)
+def _residual_cdf(mean: float) -> np.ndarray:
+    """CDF of the first span of a stationary alternating process: P(R = k) = P(L >= k) / E[L] for
+    L = 1 + Poisson(mean - 1); index k-1 holds P(R <= k)."""
     mu = mean - 1.0
     kmax = int(mu + 12 * math.sqrt(mu + 1) + 30)
     pmf = np.empty(kmax)
     pmf[0] = math.exp(-mu)
     for j in range(1, kmax):
         pmf[j] = pmf[j - 1] * mu / j
-    surv = 1.0 - np.concatenate([[0.0], np.cumsum(pmf)[:-1]])  # surv[k-1] = P(Poisson >= k-1) = P(L >= k)
-    p = np.clip(surv, 0, None)
-    return 1 + int(rng.choice(kmax, p=p / p.sum()))
+    surv = np.clip(1.0 - np.concatenate([[0.0], np.cumsum(pmf)[:-1]]), 0, None)  # surv[k-1] = P(L >= k)
+    cdf = np.cumsum(surv)
+    return cdf / cdf[-1]
+
+
+def _residual_length(rng: np.random.Generator, mean: float) -> int:
+    return 1 + int(np.searchsorted(_residual_cdf(float(mean)), rng.random(), side="right"))
 
 
 def span_modalities(n_words: int, policy: Policy = "poisson", speech_share: float = 0.3,
@@ -338,56 +345,88 @@ def decode(ids: Sequence[int], info: SlamInfo, text_tokenizer: Any) -> list[tupl
 
 
 # --- datasets -> document sources ----------------------------------------------------------------------------
-def read_utterances(folder: str | Path, split: str = "all", val_fraction: float = 0.0
-                    ) -> tuple[list[Utterance], dict, int]:
-    """Utterances with word times from a units dataset (rows without `words` are skipped and counted)."""
+CHUNK_ROWS = 4096  # utterances converted to Python objects at a time (words are dicts; units stay numpy)
+
+
+def iter_utterances(folder: str | Path, split: str = "all", val_fraction: float = 0.0, stats: dict | None = None):
+    """Utterances with word times from a units dataset, in id order, a chunk of rows at a time (a 30k-hour
+    dataset never sits in memory as Python lists). Rows without `words` are skipped and counted in stats."""
+    import pyarrow.compute as pc
+
     from slam.data import in_val_split
-    from slam.units.dataset import load_table, read_meta
+    from slam.units.dataset import load_table
 
-    meta = read_meta(folder)
-    table = load_table(folder)
-    if "words" not in table.column_names:
-        raise SlamError(f"{folder}: the units dataset has no `words` column (tokenize a synth manifest, or any "
-                        f"manifest with word times, to get one)")
-    cols = {c: table.column(c).to_pylist() for c in ("id", "units", "durations", "words")}
-    texts = table.column("text").to_pylist() if "text" in table.column_names else [None] * table.num_rows
-    utts, skipped = [], 0
-    for i, key in enumerate(cols["id"]):
-        if split != "all" and in_val_split(key, val_fraction) != (split == "val"):
-            continue
-        words = cols["words"][i]
-        if not words or not cols["units"][i]:
-            skipped += 1
-            continue
-        utts.append(Utterance(key, np.asarray(cols["units"][i], np.int64), np.asarray(cols["durations"][i], np.int64),
-                              [(w["word"], float(w["start"]), float(w["end"])) for w in words], texts[i]))
-    return utts, meta, skipped
-
-
-def _flat_source(docs: Sequence[np.ndarray], name: str) -> Any:
-    """Documents as one int32 array + offsets (half of int64; the vocabulary exceeds uint16)."""
-    from slam.data import ArraySource
-
-    lens = np.array([len(d) for d in docs], dtype=np.int64)
-    flat = np.concatenate(docs).astype(np.int32) if docs else np.zeros(0, np.int32)
-    return ArraySource(name=name, flat=flat, offsets=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+    columns = ["id", "units", "durations", "words", "text"]
+    table = load_table(folder, columns)
+    if table.column("words").null_count == table.num_rows and table.num_rows:
+        raise SlamError(f"{folder}: no row has word times (`words`); tokenize a synth manifest, or any manifest "
+                        f"with word times, to get them")
+    stats = stats if stats is not None else {}
+    stats.setdefault("skipped_without_words", 0)
+    for start in range(0, table.num_rows, CHUNK_ROWS):
+        chunk = table.slice(start, CHUNK_ROWS)
+        ids = chunk.column("id").to_pylist()
+        keep = [split == "all" or in_val_split(k, val_fraction) == (split == "val") for k in ids]
+        offs = pc.list_value_length(chunk.column("units")).to_numpy(zero_copy_only=False).astype(np.int64)
+        offs = np.concatenate([[0], np.cumsum(offs)])
+        units = pc.list_flatten(chunk.column("units")).to_numpy(zero_copy_only=False).astype(np.int64)
+        durs = pc.list_flatten(chunk.column("durations")).to_numpy(zero_copy_only=False).astype(np.int64)
+        words = chunk.column("words").to_pylist()
+        texts = chunk.column("text").to_pylist()
+        for i, key in enumerate(ids):
+            if not keep[i]:
+                continue
+            if not words[i] or offs[i + 1] == offs[i]:
+                stats["skipped_without_words"] += 1
+                continue
+            yield Utterance(key, units[offs[i]:offs[i + 1]], durs[offs[i]:offs[i + 1]],
+                            [(w["word"], float(w["start"]), float(w["end"])) for w in words[i]], texts[i])
 
 
 def interleaved_source(folder: str | Path, info: SlamInfo, text_tokenizer: Any, cfg: InterleaveConfig,
-                       seed: int = 0, split: str = "all", val_fraction: float = 0.0) -> Any:
-    """A units dataset with word times -> interleaved documents (fixed for a seed, so lengths are known)."""
-    utts, meta, skipped = read_utterances(folder, split, val_fraction)
+                       seed: int = 0, split: str = "all", val_fraction: float = 0.0, progress: bool = True) -> Any:
+    """A units dataset with word times -> interleaved documents, fixed for a seed (so the packed loader knows
+    every length up front and a resumed run sees the same documents). `.stats` holds the speech shares."""
+    from tqdm import tqdm
+
+    from slam.units.dataset import read_meta
+
+    meta = read_meta(folder)
     _check_units_meta(folder, meta, info)
-    pairs = interleave_utterances(utts, text_tokenizer, info, float(meta.get("frame_rate") or 25.0), cfg, seed)
-    src = _flat_source([ids for ids, _ in pairs], f"{Path(folder).name}:interleaved")
-    n_words = sum(len(u.words) for u in utts)
-    speech_words = sum(b - a for _, plan in pairs for s, a, b in plan if s)
-    speech_tok = int(sum(((ids >= info.unit_offset) & (ids < info.unit_offset + info.n_units)).sum()
-                         for ids, _ in pairs))
-    total = int(sum(len(ids) for ids, _ in pairs))
-    src.stats = {"utterances": len(utts), "skipped_without_words": skipped, "words": n_words,
-                 "speech_word_share": speech_words / max(n_words, 1), "speech_token_share": speech_tok / max(total, 1),
-                 "tokens": total}
+    frame_rate = float(meta.get("frame_rate") or 25.0)
+    stats: dict[str, Any] = {"utterances": 0, "words": 0, "speech_words": 0, "speech_tokens": 0, "tokens": 0}
+    chunks: list[np.ndarray] = []
+    lens: list[int] = []
+    bar = tqdm(total=int(meta.get("n_utterances") or 0) or None, unit="utt", disable=not progress,
+               desc=f"interleaving {Path(folder).name} ({split})")
+    batch: list[Utterance] = []
+
+    def flush() -> None:
+        for (ids, plan), u in zip(interleave_utterances(batch, text_tokenizer, info, frame_rate, cfg, seed), batch):
+            chunks.append(ids.astype(np.int32))
+            lens.append(len(ids))
+            stats["words"] += len(u.words)
+            stats["speech_words"] += sum(b - a for sp, a, b in plan if sp)
+            stats["speech_tokens"] += int(((ids >= info.unit_offset) & (ids < info.unit_offset + info.n_units)).sum())
+            stats["tokens"] += len(ids)
+        stats["utterances"] += len(batch)
+        bar.update(len(batch))
+        batch.clear()
+
+    for u in iter_utterances(folder, split, val_fraction, stats):
+        batch.append(u)
+        if len(batch) >= CHUNK_ROWS:
+            flush()
+    flush()
+    bar.close()
+    from slam.data import ArraySource
+
+    flat = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
+    src = ArraySource(name=f"{Path(folder).name}:interleaved", flat=flat,
+                      offsets=np.concatenate([[0], np.cumsum(np.asarray(lens, np.int64))]).astype(np.int64))
+    stats["speech_word_share"] = stats["speech_words"] / max(stats["words"], 1)
+    stats["speech_token_share"] = stats["speech_tokens"] / max(stats["tokens"], 1)
+    src.stats = stats
     return src
 
 
@@ -493,7 +532,7 @@ def loaders(cfg: Any, info: SlamInfo, env: Any) -> tuple[Any, Any]:
             return units_source(path, info, split=split, val_fraction=frac, name=f"{Path(path).name}:speech")
         if kind == "text":
             return text_stream_source([str(f) for f in _text_files(Path(path))], info, tok, split, frac)
-        return interleaved_source(path, info, tok, d.interleave, cfg.seed, split, frac)
+        return interleaved_source(path, info, tok, d.interleave, cfg.seed, split, frac, progress=env.main)
 
     frac = 0.0 if d.val else d.val_fraction
     kinds = [_stream(s) for s in d.train]

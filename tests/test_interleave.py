@@ -64,6 +64,10 @@ def test_speech_share_near_target_over_many_sequences(policy):
         speech += int(m.sum())
         words += int(n)
     assert abs(speech / words - 0.3) < 0.012, speech / words
+    # a fixed length between one and a few spans: a naive first span (a full Poisson span) gives 0.19 at
+    # N=15 for poisson; the stationary first span keeps every position at 0.3
+    share = np.mean([span_modalities(15, policy, 0.3, 10.0, rng).mean() for _ in range(4000)])
+    assert abs(share - 0.3) < 0.015, share
 
 
 def test_poisson_span_lengths_follow_lambda():
