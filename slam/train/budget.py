@@ -37,11 +37,12 @@ class Budget:
     local_seconds: float = 0.0
     """This rank's own clock of the same (only the agreed `seconds` drives p)."""
     tokens: int = 0
-    """Training tokens consumed (all ranks)."""
+    """Training tokens consumed (all ranks): the predicted ones, i.e. every packed token but a chunk's first."""
     steps: int = 0
     """Optimiser steps taken (including steps skipped for a non-finite loss: their compute was spent)."""
     overhead: dict[str, float] = field(default_factory=dict)
     """Seconds outside the budget by kind: eval, checkpoint, compile, restore."""
+    _t0: float | None = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, cfg: BudgetConfig) -> "Budget":
@@ -81,7 +82,7 @@ class Budget:
 
     def partial(self) -> float:
         """This rank's training seconds so far, including the running step (for the all-reduce)."""
-        t0 = getattr(self, "_t0", None)
+        t0 = self._t0
         return self.local_seconds + (time.perf_counter() - t0 if t0 is not None else 0.0)
 
     def agree(self, seconds: float) -> None:

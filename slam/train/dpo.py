@@ -394,6 +394,8 @@ def reference_table(reference: nn.Module, pairs: EncodedPairs, micro: int, env: 
 
 
 def _reference_cache(run_folder: Path, model: str, pairs: EncodedPairs, precision: str) -> tuple[Path, dict]:
+    """Where the precomputed table lives and what it was computed from: a resumed run reuses it only when
+    the model, the pairs and the precision/device are the same."""
     return run_folder / "reference-logps.safetensors", {
         "model": str(Path(model).resolve()), "pairs": pairs.fingerprint(), "precision": precision}
 
@@ -475,10 +477,10 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
                           "resumed_from": str(resume_from) if resume_from else None})
 
     policy, info = load_start_model(cfg, env.device, trainable=True)
-    pairs, train_idx, val_idx, counts = load_pairs(cfg, info, main=env.main)
     max_pos = getattr(policy.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.data.max_length > max_pos:
         raise ConfigError(f"data.max_length: {cfg.data.max_length} exceeds the model's {max_pos} positions")
+    pairs, train_idx, val_idx, counts = load_pairs(cfg, info, main=env.main)
     n_params = count_parameters(policy)
     layers, width = attention_width(policy)
     amp = autocast(cfg, env.device)
@@ -487,7 +489,7 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     ref_table = None
     reference = None
     if cfg.dpo.precompute_reference:
-        cache, meta = _reference_cache(run.folder, cfg.model, pairs, cfg.precision)
+        cache, meta = _reference_cache(run.folder, cfg.model, pairs, f"{cfg.precision}/{env.device.type}")
         ref_table = _load_cached_table(cache, meta) if resume_from is not None else None
         if ref_table is None:
             reference, _ = load_start_model(cfg, env.device, trainable=False)
@@ -567,10 +569,11 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
         p = budget.progress()
         lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
         set_lr(optimizer, lr, p)
-        micro = [with_reference(to_device(collate(pairs, loader.next()), env.device), ref_table) for _ in range(accum)]
         metrics.reset()
         t0 = time.perf_counter()
-        with budget.step():
+        with budget.step():  # batching is part of a step's time, as in pre-training
+            micro = [with_reference(to_device(collate(pairs, loader.next()), env.device), ref_table)
+                     for _ in range(accum)]
             stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
         dt = time.perf_counter() - t0
         m = metrics.reduce(env.device)

@@ -187,7 +187,7 @@ def train(cfg: TrainConfig, loss_fn: Callable | None = None) -> Path:
 
 
 def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
-    from slam.model import count_parameters, save_model
+    from slam.model import count_parameters
 
     t_setup = time.perf_counter()
     seed_everything(cfg.seed)
@@ -231,7 +231,7 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
     last_good = checkpoint.latest(run.checkpoints)
     last_ckpt_seconds = budget.seconds
     bad_in_row = 0
-    tokens_window, seconds_window = 0, 0.0
+    tokens_window, pairs_window, seconds_window = 0, 0, 0.0
     bar = tqdm(total=100.0, disable=not env.main, dynamic_ncols=True, initial=round(100 * budget.progress(), 2),
                bar_format="{percentage:5.1f}%|{bar:16}| {desc}")
     model.train()
@@ -256,10 +256,10 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
         p = budget.progress()
         lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
         set_lr(optimizer, lr, p)
-        micro = [train_data.next() for _ in range(accum)]
         first_compiled = cfg.compile and step == 0 and resume_from is None
         t0 = time.perf_counter()
-        with budget.step():
+        with budget.step():  # data loading is part of a training step's time
+            micro = [train_data.next() for _ in range(accum)]
             stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
         dt = time.perf_counter() - t0
         if first_compiled:  # compile warm-up is not training time
@@ -286,21 +286,25 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
             continue
         bad_in_row = 0
         flops_total += batch_flops(n_params, stats.tokens, stats.pairs, layers, width)
-        tokens_window += stats.tokens
-        seconds_window += dt
+        if not first_compiled:
+            tokens_window += stats.tokens
+            pairs_window += stats.pairs
+            seconds_window += dt
         if step % cfg.log_every == 0 or budget.done() or step == 1:
-            tok_s = tokens_window / max(seconds_window, 1e-9)
-            flops_s = batch_flops(n_params, tokens_window, 0, layers, width) / max(seconds_window, 1e-9)
-            mfu = flops_s / env.world / (peak * 1e12) if peak else None
+            tok_s = tokens_window / seconds_window if seconds_window > 0 else None
+            flops_s = (batch_flops(n_params, tokens_window, pairs_window, layers, width) / seconds_window
+                       if seconds_window > 0 else None)
+            mfu = flops_s / env.world / (peak * 1e12) if peak and flops_s else None
             run.log("train", step, loss=stats.loss, lr=lr, grad_norm=stats.grad_norm, tokens=budget.tokens,
                     tok_per_s=tok_s, flops=flops_total, mfu=mfu, progress=budget.progress(),
                     train_hours=budget.seconds / 3600)
             eta = budget.eta_seconds()
             bar.set_description_str(
-                f"step {step} | loss {stats.loss:.3f} | lr {lr:.2e} | {tok_s / 1e3:.1f}k tok/s"
+                f"step {step} | loss {stats.loss:.3f} | lr {lr:.2e}"
+                + (f" | {tok_s / 1e3:.1f}k tok/s" if tok_s is not None else "")
                 + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
                 + (f" | ETA {format_duration(eta)}" if eta is not None else ""), refresh=False)
-            tokens_window, seconds_window = 0, 0.0
+            tokens_window, pairs_window, seconds_window = 0, 0, 0.0
         bar.update(round(100 * budget.progress(), 2) - bar.n)
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not budget.done():
             val_loss = validate()
@@ -344,6 +348,12 @@ def _save_final(model: nn.Module, info: Any, run: Run, env: dist.Env, cfg: Train
             bare.load_state_dict(full)
         info.extra.update({"train": {"run": str(run.folder), "steps": step, "tokens": budget.tokens,
                                      "train_seconds": round(budget.seconds, 1)}})
+        if cfg.data.kind == "text":  # a text LM folder is complete with its tokenizer (a TWIST base later)
+            info.text_tokenizer = "."
         save_model(bare, info, run.final)
+        if cfg.data.kind == "text":
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(cfg.data.text_tokenizer).save_pretrained(run.final)
     dist.barrier()
     return run.final
