@@ -180,9 +180,9 @@ class Generator:
                 return s
         raise _Retry
 
-    def hero(self, exclude: tuple[str, ...] = ()) -> Hero:
+    def hero(self) -> Hero:
         girl = bool(self.rng.integers(2))
-        return Hero(self.pick([n for n in (GIRLS if girl else BOYS) if n not in exclude]), girl)
+        return Hero(self.pick(GIRLS if girl else BOYS), girl)
 
     def other_name(self, hero: Hero, same_gender: bool, exclude: tuple[str, ...]) -> Hero:
         girl = hero.girl if same_gender else bool(self.rng.integers(2))
