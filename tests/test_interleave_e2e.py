@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import yaml
 
 from slam.cli import main
 from tests.test_interleave import make_base_model, make_text_tokenizer
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
+def build_and_train(root):
     assert main(["corpus", "--out", str(root / "corpus"), "--stories", "40", "--pairs", "4", "--prefs", "1"]) == 0
     stories = (root / "corpus" / "stories.txt").read_text().splitlines()
     (root / "speak.txt").write_text("\n".join(stories[:12]) + "\n")
@@ -50,7 +47,16 @@ def run(tmp_path_factory):
     return root
 
 
-def test_training_writes_an_interleaved_model_folder(run):
+def test_interleaved_end_to_end(tmp_path):
+    """One test on purpose: under pytest-xdist a shared fixture would be rebuilt on every worker (~25 s)."""
+    run = build_and_train(tmp_path)
+    check_model_folder(run)
+    check_eval(run)
+    check_scores_only_the_ending(run)
+    check_generate_from_text(run)
+
+
+def check_model_folder(run):
     from slam.interleave import model_text_tokenizer
     from slam.model import load_model
 
@@ -70,7 +76,7 @@ def test_training_writes_an_interleaved_model_folder(run):
     assert any(r["kind"] == "val" and np.isfinite(r["loss"]) for r in rows)
 
 
-def test_eval_speech_only_and_cross_modal(run):
+def check_eval(run):
     from slam.synth.tts import synthesize_pairs
 
     audio_pairs, _ = synthesize_pairs(run / "corpus" / "bench" / "story" / "pairs.jsonl", run / "bench-audio",
@@ -85,7 +91,7 @@ def test_eval_speech_only_and_cross_modal(run):
         assert r["n"] == 4 and 0.0 <= r["value"] <= 100.0, (name, r)
 
 
-def test_cross_modal_scores_only_the_ending(run):
+def check_scores_only_the_ending(run):
     """The cloze numbers come from the endings: an ending that the model finds likelier scores lower."""
     from slam.eval.pairs import score_sequences
     from slam.interleave import model_text_tokenizer, speech_targets, text_targets
@@ -110,7 +116,7 @@ def test_cross_modal_scores_only_the_ending(run):
     assert len(speech_targets(info)) == info.n_units + 1
 
 
-def test_generate_from_a_text_prompt(run):
+def check_generate_from_text(run):
     out = run / "gen" / "t.wav"
     assert main(["generate", str(run / "run" / "final"), "--prompt-text", "Ben met Zoe at the park.",
                  "--max-new-tokens", "20", "--out", str(out)]) == 0
