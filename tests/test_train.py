@@ -227,3 +227,19 @@ def test_text_pretraining_writes_a_text_lm_that_serves_as_a_twist_base(tmp_path)
     assert AutoTokenizer.from_pretrained(final).convert_tokens_to_ids("cat") == vocab["cat"]
     model, info = twist_init(final, n_units=16, rope_theta=None)
     assert model.config.vocab_size == 18 and info.base_model == str(final)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "llama", "opt", "gpt_neox"])
+def test_transformer_blocks_are_found_for_every_family(model_type):
+    """The unit of FSDP sharding and regional compile: the decoder layers, whatever the family calls them."""
+    from slam.model import random_init
+    from slam.train.dist import transformer_blocks
+
+    sizes = {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 32}
+    if model_type == "opt":
+        sizes = {"hidden_size": 16, "num_hidden_layers": 3, "num_attention_heads": 2, "ffn_dim": 32,
+                 "word_embed_proj_dim": 16}
+    model, _ = random_init({"model_type": model_type, **sizes}, n_units=8, rope_theta=None)
+    blocks = transformer_blocks(model)
+    assert len(blocks) == 3
+    assert all("Layer" in type(b).__name__ for b in blocks)

@@ -221,7 +221,7 @@ class TrainConfig:
     resume: bool = False
     """Continue the run in `out` from its newest complete checkpoint (an interrupted write is ignored)."""
     seed: int = 0
-    """Seed of the init, the data order and the validation split."""
+    """Seed of the init and the data order (the validation split is by a hash of each document id)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 autocast on GPU, fp32 on CPU. Master weights and optimiser state stay fp32."""
     compile: bool = False

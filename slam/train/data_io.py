@@ -16,6 +16,7 @@ from slam.errors import ConfigError, SlamError
 from slam.tokens import SlamInfo
 from slam.train import dist
 from slam.train.config import TrainConfig
+from slam.train.flops import doc_pairs
 
 
 def _text_files(path: Path) -> list[Path]:
@@ -102,7 +103,10 @@ class TrainData:
     def next(self) -> dict[str, Any]:
         from slam.data import batch_to
 
-        return batch_to(self.loader.next_batch(), self.device)
+        batch = self.loader.next_batch()
+        # FLOPs bookkeeping on the host copy: summing position_ids on the GPU would be a sync per micro-batch
+        batch["n_pairs"] = doc_pairs(batch["position_ids"])
+        return batch_to(batch, self.device)
 
     def state_dict(self) -> dict:
         return self.loader.state_dict()

@@ -14,8 +14,8 @@ higher), chosen/rejected rewards and their margin.
 
 Batches: a micro-batch of B pairs is ONE packed row of 2B sequences (`<s> prompt chosen <s>` then
 `<s> prompt rejected <s>` per pair) with positions restarting at every sequence: one policy forward per
-micro-batch (what DDP expects), no padding, and the same attention path as pre-training (slam.attention:
-the varlen kernel on GPU, SDPA with per-document positions on CPU).
+micro-batch (what DDP expects), no padding, and per-sequence attention (slam.attention's "slam_varlen":
+the FlashAttention-2 varlen kernel on GPU, one SDPA call per sequence on CPU).
 
 Everything that is not DPO-specific comes from slam.train: the budget (progress p drives the LR, so the
 inverse-sqrt decay ends with the budget), schedule, optimiser, checkpoints (resume continues bit for bit),
@@ -436,8 +436,11 @@ def with_reference(batch: dict[str, Any], ref_table: torch.Tensor | None) -> dic
 
 # --- the run ------------------------------------------------------------------------------------------------
 def load_start_model(cfg: DPOConfig, device: torch.device, trainable: bool) -> tuple[nn.Module, Any]:
-    """The starting checkpoint in fp32 on the device, its attention path set for packed rows."""
-    from slam.attention import prepare_packed_attention
+    """The starting checkpoint in fp32 on the device, with per-document ("slam_varlen") attention: the
+    FlashAttention-2 varlen kernel on GPU, a per-sequence SDPA loop on CPU. transformers' own SDPA path would
+    build a dense [T, T] mask over the whole row, ~2B times the attention work for 2B sequences
+    (bench/dpo.py: measured slower than the per-sequence loop on CPU)."""
+    from slam.attention import use_varlen_attention
     from slam.model import load_model
 
     try:
@@ -446,7 +449,7 @@ def load_start_model(cfg: DPOConfig, device: torch.device, trainable: bool) -> t
         raise ConfigError(f"model: {e}") from None
     model.config.use_cache = False
     model.to(device)
-    prepare_packed_attention(model)
+    use_varlen_attention(model)
     if trainable:
         model.train()
     else:

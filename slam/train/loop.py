@@ -114,7 +114,7 @@ def train_step(model: nn.Module, optimizer: Any, micro_batches: list[dict], loss
             s.backward()
         loss_sum += s.detach().float()
         n_tok += n.detach().float() if torch.is_tensor(n) else float(n)
-        pairs += doc_pairs(batch["position_ids"])
+        pairs += batch["n_pairs"] if "n_pairs" in batch else doc_pairs(batch["position_ids"])
     # The step's one collective: loss, tokens, attention pairs, non-finite flag, and the clocks (mean).
     bad = (~torch.isfinite(loss_sum)).float()
     extra = torch.tensor([float(pairs), budget.partial()], device=env.device, dtype=torch.float64)
