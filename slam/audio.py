@@ -90,7 +90,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     if not np.isfinite(wav).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
     if sr != sample_rate:
-        wav = soxr.resample(wav, sr, sample_rate, quality="HQ")
+        try:
+            wav = soxr.resample(wav, sr, sample_rate, quality="HQ")
+        except (ValueError, RuntimeError) as e:
+            raise AudioError(f"{path}: cannot resample from {sr} Hz ({e})") from None
         if wav.shape[0] == 0:
             raise AudioError(f"{path}: too short to resample ({data.shape[0]} samples at {sr} Hz)")
     return np.ascontiguousarray(wav, dtype=np.float32)

@@ -133,7 +133,7 @@ import sys, time
 import slam.audio, slam.units.cli
 real = slam.audio.load_audio
 def slow(path, *a, **k):
-    time.sleep(0.04)  # make the run long enough to be killed in the middle
+    time.sleep(0.1)  # make the run long enough (~1.7 s with 2 workers) to be killed in the middle
     return real(path, *a, **k)
 slam.units.cli.load_audio = slow
 from slam.cli import main
@@ -143,16 +143,24 @@ sys.exit(main(sys.argv[1:]))
 
 def test_kill_minus_9_and_rerun_equals_uninterrupted(corpus, reference, tmp_path):
     out = tmp_path / "killed"
-    args = tok_args(corpus, out, "--shard-rows", "3")
+    args = tok_args(corpus, out)[:-2] + ["--workers", "2", "--shard-rows", "3"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while len(list(out.glob("part-*.parquet"))) < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    while len(list(out.glob("part-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before the kill: the test would prove nothing"
+    os.kill(proc.pid, signal.SIGKILL)  # the main process only, as `kill -9 PID` would
     proc.wait()
+    try:  # its pool workers must not linger (their task pipe closes with the parent: they exit)
+        for _ in range(500):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("worker processes outlived the killed parent")
+    except ProcessLookupError:
+        pass
     partial = load_table(out).num_rows
     assert 0 < partial < N_GOOD, "the kill must land mid-run for this test to mean anything"
     assert main(args) == 0
