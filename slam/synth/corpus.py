@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from slam.errors import SlamError
 from slam.utils import atomic_write_json, atomic_write_text
@@ -396,13 +397,13 @@ def _draw(make: Callable[[], object | None], what: str, max_tries: int = 200):
     raise SlamError(f"corpus: could not draw a '{what}' item in {max_tries} tries (generator bug)")
 
 
-def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0) -> dict:
+def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0, progress: bool = False) -> dict:
     """All the text of the corpus, in memory: training stories and sentences, benchmark pairs, prefs."""
     # separate RNG streams per part, so e.g. asking for more pairs leaves the training text unchanged
     ss = np.random.SeedSequence(seed).spawn(5)
     train = Generator(np.random.default_rng(ss[0]), eval_side=False)
     story_lines: list[str] = []
-    for _ in range(stories):
+    for _ in tqdm(range(stories), desc="stories", unit="story", disable=not progress):
         st = _draw(lambda: train.story(int(train.rng.integers(2, 6))), "story")
         story_lines.append(" ".join(st["body"] + [st["ending"]]))
 
@@ -456,10 +457,11 @@ def vocabulary(lines: list[str]) -> set[str]:
     return {w for line in lines for w in re.findall(r"[a-z]+", line.lower())}
 
 
-def write(out_dir: str | Path, stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0) -> dict:
+def write(out_dir: str | Path, stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0,
+          progress: bool = False) -> dict:
     """Write the corpus layout of the module docstring; returns the summary written to corpus.json."""
     out = Path(out_dir)
-    c = build(stories=stories, pairs=pairs, prefs=prefs, seed=seed)
+    c = build(stories=stories, pairs=pairs, prefs=prefs, seed=seed, progress=progress)
     sentences = list(dict.fromkeys(s for line in c["stories"] for s in split_sentences(line)))
     atomic_write_text(out / "stories.txt", "\n".join(c["stories"]) + "\n")
     atomic_write_text(out / "sentences.txt", "\n".join(sentences) + "\n")

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.time()
-    s = corpus.write(args.out, stories=args.stories, pairs=args.pairs, prefs=args.prefs, seed=args.seed)
+    s = corpus.write(args.out, stories=args.stories, pairs=args.pairs, prefs=args.prefs, seed=args.seed,
+                     progress=True)
     print(f"slam corpus: wrote {s['stories']} training stories ({s['distinct_stories']} distinct, {s['words']} "
           f"words, {s['distinct_sentences']} distinct sentences, {len(s['vocabulary'])}-word vocabulary, "
           f"{len(s['topics'])} topics) to {args.out}/stories.txt and sentences.txt; held-out pairs "
