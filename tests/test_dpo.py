@@ -10,20 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+from slam.attention import varlen_kwargs
 from slam.prefs import Pair, filter_auto_bleu, load_prefs, prompt_chosen_auto_bleu, read_jsonl_prefs
 from slam.train.dpo import DPOConfig, Metrics, PairLoader, collate, dpo_loss, encode_pairs, make_loss_fn, \
     sequence_logps
 from slam.train.dpo_cli import load
 
 
-def tiny_model(seed: int = 0, n_units: int = 16):
-    from slam.attention import prepare_packed_attention
+def tiny_model(seed: int = 0, n_units: int = 16, varlen: bool = True):
+    from slam.attention import prepare_packed_attention, use_varlen_attention
     from slam.model import random_init
 
     model, info = random_init({"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
                                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                                "max_position_embeddings": 128, "tie_word_embeddings": True}, n_units, seed=seed)
-    prepare_packed_attention(model)
+    use_varlen_attention(model) if varlen else prepare_packed_attention(model)
     return model, info
 
 
@@ -63,8 +64,9 @@ def test_loss_gradient_raises_chosen_and_lowers_rejected():
 
 
 # --- packed forward -------------------------------------------------------------------------------------------
-def test_packed_log_probs_equal_one_forward_per_sequence():
-    model, info = tiny_model()
+@pytest.mark.parametrize("varlen", [True, False], ids=["slam_varlen", "sdpa"])
+def test_packed_log_probs_equal_one_forward_per_sequence(varlen):
+    model, info = tiny_model(varlen=varlen)
     model.eval()
     pairs = encode_pairs(random_pairs(5), info)
     batch = collate(pairs, np.arange(5))
@@ -75,7 +77,8 @@ def test_packed_log_probs_equal_one_forward_per_sequence():
         for i in range(5):
             for got, comp in ((chosen[i], pairs.chosen[i]), (rejected[i], pairs.rejected[i])):
                 seq = torch.from_numpy(np.concatenate([pairs.prompt[i], comp]))[None]
-                logp = torch.log_softmax(model(input_ids=seq, use_cache=False).logits[0].float(), -1)
+                kw = varlen_kwargs(torch.arange(seq.shape[1])[None]) if varlen else {}
+                logp = torch.log_softmax(model(input_ids=seq, use_cache=False, **kw).logits[0].float(), -1)
                 p = len(pairs.prompt[i])
                 want = sum(logp[t - 1, seq[0, t]].item() for t in range(p, seq.shape[1]))
                 assert got.item() == pytest.approx(want, abs=1e-4)

@@ -166,3 +166,28 @@ def test_builder_speaks_filters_and_tokenises_with_the_models_tokenizer(start, t
     assert main(["dpo", "--build-prefs", str(text), "--model", str(start), "--out", str(out), "--workers", "1",
                  "--voices", "en-us", "--max-auto-bleu", "-1"]) == 0
     assert json.loads((out / "build.json").read_text())["pairs"] == 3
+
+
+def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(start, prefs, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    extra = ("budget.steps=3", "dpo.precompute_reference=true", f"data.val={prefs}")
+    one = tmp_path / "one"
+    assert main(args(start, prefs, one, *extra)) == 0  # 1 process x accumulation 2
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "slam.cli", *args(start, prefs, two, *extra)], cwd=Path(__file__).parent.parent,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((two / "provenance.json").read_text())[0]["world_size"] == 2
+    a, b = rows(one, "train"), rows(two, "train")
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):  # the same 4 pairs per step, split over ranks instead of micro-batches
+        for key in ("loss", "reward_margin", "grad_norm", "tokens"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5, abs=1e-6), (ra["step"], key)
+    assert a[-1]["reward_margin"] > 1e-3  # the last step compares weights that were really updated
+    (va,), (vb,) = rows(one, "val"), rows(two, "val")
+    assert vb["pairs"] == va["pairs"] == 8 and vb["loss"] == pytest.approx(va["loss"], rel=1e-5)
