@@ -75,6 +75,8 @@ class Data:
         check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
         check(self.kind != "text" or bool(self.text_tokenizer), "data.text_tokenizer",
               "data.kind=text needs a text tokenizer folder")
+        check(self.kind == "interleaved" or all(s.stream is None for s in self.train), "data.train",
+              "`stream` is for data.kind=interleaved only")
 
 
 @dataclass
