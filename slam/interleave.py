@@ -400,11 +400,13 @@ def interleaved_source(folder: str | Path, info: SlamInfo, text_tokenizer: Any, 
     bar = tqdm(total=int(meta.get("n_utterances") or 0) or None, unit="utt", disable=not progress,
                desc=f"interleaving {Path(folder).name} ({split})")
     batch: list[Utterance] = []
+    keys: list[str] = []
 
     def flush() -> None:
         for (ids, plan), u in zip(interleave_utterances(batch, text_tokenizer, info, frame_rate, cfg, seed), batch):
             chunks.append(ids.astype(np.int32))
             lens.append(len(ids))
+            keys.append(u.id)
             stats["words"] += len(u.words)
             stats["speech_words"] += sum(b - a for sp, a, b in plan if sp)
             stats["speech_tokens"] += int(((ids >= info.unit_offset) & (ids < info.unit_offset + info.n_units)).sum())
@@ -424,10 +426,25 @@ def interleaved_source(folder: str | Path, info: SlamInfo, text_tokenizer: Any, 
     flat = np.concatenate(chunks) if chunks else np.zeros(0, np.int32)
     src = ArraySource(name=f"{Path(folder).name}:interleaved", flat=flat,
                       offsets=np.concatenate([[0], np.cumsum(np.asarray(lens, np.int64))]).astype(np.int64))
+    src.ids = keys
     stats["speech_word_share"] = stats["speech_words"] / max(stats["words"], 1)
     stats["speech_token_share"] = stats["speech_tokens"] / max(stats["tokens"], 1)
     src.stats = stats
     return src
+
+
+def _subset(src: Any, keep: np.ndarray) -> Any:
+    """The documents of an ArraySource where `keep` is true (order kept), as a new ArraySource."""
+    from slam.data import ArraySource
+
+    lens = np.diff(src.offsets)[keep]
+    starts = src.offsets[:-1][keep]
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+    index = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - starts, lens)
+    out = ArraySource(name=src.name, flat=src.flat[index], offsets=offsets)
+    out.stats = getattr(src, "stats", None)
+    out.ids = [k for k, m in zip(getattr(src, "ids", []), keep) if m]
+    return out
 
 
 def text_stream_source(files: Sequence[str | Path], info: SlamInfo, text_tokenizer: Any, split: str = "all",
@@ -521,27 +538,37 @@ def token_layout(cfg: Any) -> SlamInfo:
 
 def loaders(cfg: Any, info: SlamInfo, env: Any) -> tuple[Any, Any]:
     """Speech-only, text-only and interleaved streams mixed by their weights, packed like pre-training."""
-    from slam.data import PackedLoader, units_source
+    from slam.data import PackedLoader, in_val_split, units_source
     from slam.train.data_io import TrainData, ValData
 
     d = cfg.data
     tok = load_text_tokenizer(info.text_tokenizer)
 
-    def build(path: str, kind: str, split: str, frac: float) -> Any:
+    def build(path: str, kind: str, frac: float) -> tuple[Any, Any]:
+        """(train, held-out) documents of one source; held-out None when frac is 0."""
         if kind == "speech":
-            return units_source(path, info, split=split, val_fraction=frac, name=f"{Path(path).name}:speech")
-        if kind == "text":
-            return text_stream_source([str(f) for f in _text_files(Path(path))], info, tok, split, frac)
-        return interleaved_source(path, info, tok, d.interleave, cfg.seed, split, frac, progress=env.main)
+            split = (lambda sp: units_source(path, info, split=sp, val_fraction=frac,
+                                             name=f"{Path(path).name}:speech"))
+        elif kind == "text":
+            files = [str(f) for f in _text_files(Path(path))]
+            split = (lambda sp: text_stream_source(files, info, tok, sp, frac))
+        else:  # the costly one (~0.2 ms of CPU per utterance): built once, then split by the same id hash
+            full = interleaved_source(path, info, tok, d.interleave, cfg.seed, progress=env.main)
+            if frac <= 0:
+                return full, None
+            held = np.array([in_val_split(k, frac) for k in full.ids], dtype=bool)
+            return _subset(full, ~held), _subset(full, held)
+        return split("train" if frac > 0 else "all"), (split("val") if frac > 0 else None)
 
     frac = 0.0 if d.val else d.val_fraction
     kinds = [_stream(s) for s in d.train]
-    train_src = [build(s.path, k, "train", frac) for s, k in zip(d.train, kinds)]
+    built = [build(s.path, k, frac) for s, k in zip(d.train, kinds)]
+    train_src = [t for t, _ in built]
     if d.val:
-        val_src = [build(d.val, "interleaved" if (Path(d.val) / "meta.json").exists() else "text", "all", 0.0)]
+        val_src = [build(d.val, "interleaved" if (Path(d.val) / "meta.json").exists() else "text", 0.0)[0]]
     else:
-        val_src = [build(s.path, k, "val", frac) for s, k in zip(d.train, kinds)]
-    val_src = [s for s in val_src if len(s) > 0]
+        val_src = [v for _, v in built]
+    val_src = [s for s in val_src if s is not None and len(s) > 0]
     if not val_src:
         raise ConfigError(f"data.val_fraction: {d.val_fraction} of the training documents holds none out; "
                           f"raise it or give a data.val source")

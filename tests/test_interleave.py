@@ -275,3 +275,45 @@ def test_interleaved_recipe_is_the_papers_interleaving_setup():
         load("slam-interleaved", ["data.interleave.speech_share=2"])
     with pytest.raises(ConfigError, match="stream"):
         load("slam-interleaved", ["data.train=[{path: x, stream: video}]"])
+
+
+def test_dataset_stream_split_and_chunking(tmp_path, tok, monkeypatch):
+    """A units dataset with a `words` column -> interleaved documents: the same for any chunk size, the
+    held-out split taken from the one build equals a build of that split, rows without words skipped."""
+    import slam.interleave as il
+    from slam.data import in_val_split
+    from slam.units.dataset import UnitsWriter
+
+    with UnitsWriter(tmp_path / "u", {"n_units": 20, "tokenizer_hash": "t", "dedup": True, "frame_rate": 25.0}) as w:
+        for i, text in enumerate(SENTENCES * 3):
+            u = fake_utterance(text, seed=i)
+            w.add(f"x{i:03d}", u.units, u.durations, 3.0, "test", text=text,
+                  words=[{"word": a, "start": b, "end": c} for a, b, c in u.words])
+        w.add("nowords", np.array([1, 2, 3]), np.array([1, 1, 1]), 0.1, "test")
+    info = layout(tok)
+    cfg = InterleaveConfig()
+    full = il.interleaved_source(tmp_path / "u", info, tok, cfg, seed=5, progress=False)
+    assert len(full) == 27 and full.stats["skipped_without_words"] == 1
+    assert 0.0 < full.stats["speech_word_share"] < 1.0
+    monkeypatch.setattr(il, "CHUNK_ROWS", 4)
+    chunked = il.interleaved_source(tmp_path / "u", info, tok, cfg, seed=5, progress=False)
+    assert [chunked.doc(i).tolist() for i in range(27)] == [full.doc(i).tolist() for i in range(27)]
+    held = np.array([in_val_split(k, 0.3) for k in full.ids])
+    assert 0 < held.sum() < 27
+    val = il._subset(full, held)
+    direct = il.interleaved_source(tmp_path / "u", info, tok, cfg, seed=5, split="val", val_fraction=0.3,
+                                   progress=False)
+    assert [val.doc(i).tolist() for i in range(len(val))] == [direct.doc(i).tolist() for i in range(len(direct))]
+    train = il._subset(full, ~held)
+    assert len(train) + len(val) == 27 and int(train.lengths().sum() + val.lengths().sum()) == int(full.lengths().sum())
+    # another seed draws other spans
+    other = il.interleaved_source(tmp_path / "u", info, tok, cfg, seed=6, progress=False)
+    assert any(other.doc(i).tolist() != full.doc(i).tolist() for i in range(27))
+
+
+def test_stream_needs_interleaved_kind():
+    from slam.errors import ConfigError
+    from slam.train.cli import load
+
+    with pytest.raises(ConfigError, match="stream"):
+        load("slam", ["data.train=[{path: x, stream: speech}]"])
