@@ -32,12 +32,18 @@ mHuBERT) lies between the midpoints of the pauses around it, so the words partit
 span gets exactly the units of its words.
 
     info = interleaved_layout(text_tok, n_units=500, text_rows=151936)    # SlamInfo for the model folder
-    init_new_rows(model, info)                                             # after twist_init(..., info=info)
+    model, info = twist_init("Qwen/Qwen2.5-0.5B", 500, info=info)          # also runs init_new_rows
     ids = interleave_utterances([utt], text_tok, info, frame_rate=25)[0][0]
     decode(ids, info, text_tok)          # [("text", "The cat"), ("speech", array([...])), ("text", ...)]
-    slam train slam-interleaved data.train='[...]'                         # data.kind=interleaved
     cross_modal_cloze(model, info, text_tok, speech_tok, "corpus/bench/story/pairs.jsonl", work="x/")
-    generate_speech(model, info, text_tok, prompt_text="Once upon a time")   # text prompt -> speech
+    generate_speech(model, info, text_tok, prompt_text=["Once upon a time"])  # text prompt -> speech units
+
+From the command line (speech-only pair metrics of an interleaved model are scored on units + eos with the
+text logits masked off, automatically):
+
+    slam train slam-interleaved data.train='[{path: units/, stream: interleaved, weight: 0.5}, ...]'
+    slam eval MODEL --bench sSC=... --cross-modal story=corpus/bench/story/pairs.jsonl
+    slam generate MODEL --prompt-text "Once upon a time" --out a.wav     # or --prompt AUDIO (speech prompt)
 """
 
 from __future__ import annotations
@@ -513,6 +519,11 @@ def token_layout(cfg: Any) -> SlamInfo:
     units datasets' tokenizer. A hub tokenizer is saved into the run folder, so the model folder can carry it."""
     d = cfg.data
     tok_ref = d.text_tokenizer or cfg.model.base
+    base_info = Path(str(cfg.model.base)) / "slam.json"
+    if not d.text_tokenizer and base_info.is_file():  # a slam text LM folder carries its tokenizer inside
+        inner = json.loads(base_info.read_text()).get("text_tokenizer")
+        if inner:
+            tok_ref = str(Path(str(cfg.model.base)) / inner)
     tok = load_text_tokenizer(tok_ref)
     tok_path = Path(tok_ref)
     if not tok_path.is_dir():
