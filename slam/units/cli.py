@@ -31,6 +31,7 @@ import numpy as np
 
 from slam.audio import find_audio, load_audio
 from slam.errors import AudioError, SlamError
+from slam.units.kmeans import free_cores
 from slam.units.dataset import META, REJECTS, UnitsWriter, check_compatible, dedup, read_meta
 from slam.utils import format_duration
 
@@ -205,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
     chunks = [[(i, p) for i, p, _ in todo[k:k + CHUNK_FILES]] for k in range(0, len(todo), CHUNK_FILES)]
     prog = _Progress(len(todo), f"tokenize ({tok.kind})")
     # fork: a worker starts in milliseconds (spawn re-imports torch: 3-8 s per worker on a busy 2-core box,
-    # longer than the whole run for an hour of audio). Safe here because the pool is created before this
-    # process runs any multi-threaded torch op and the workers never touch CUDA (as DataLoader workers).
+    # longer than the whole run for an hour of audio). Safe as for DataLoader workers: the workers never
+    # touch CUDA; mel workers run single-threaded torch CPU ops only, HuBERT decode workers no torch at all.
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     pool = None
     try:
@@ -227,8 +228,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             # decode in workers (leave one core to the forward pass on a CPU-only machine)
             n_dec = workers if tok.hubert.device.type == "cuda" else workers - 1
+            if tok.hubert.device.type == "cpu":
+                torch.set_num_threads(free_cores())  # OpenMP threads on busy cores spin-wait (see free_cores)
             if n_dec >= 1 and len(chunks) > 1:
-                pool = ctx.Pool(n_dec, initializer=_init_worker)
+                pool = ctx.Pool(n_dec)
             pending: list[tuple[str, np.ndarray]] = []
             group = max(1, args.batch_size) * 4  # sort-by-length window: 4 batches
 
