@@ -31,8 +31,8 @@ import numpy as np
 
 from slam.audio import find_audio, load_audio
 from slam.errors import AudioError, SlamError
-from slam.units.kmeans import free_cores
 from slam.units.dataset import META, REJECTS, UnitsWriter, check_compatible, dedup, read_meta
+from slam.units.kmeans import free_cores
 from slam.utils import format_duration
 
 CHUNK_FILES = 8  # files per worker task: amortises inter-process overhead (~0.2 ms a task) over ~8 files
