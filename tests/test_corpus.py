@@ -146,6 +146,10 @@ def test_topic_cloze_negative_ending_is_from_another_topic(written):
         assert _words(" ".join(prefix)) & TOPIC_WORDS[topic]
         assert not _words(neg) & TOPIC_WORDS[topic]
         assert any(_words(neg) & w for n, w in TOPIC_WORDS.items() if n != topic)
+        # the same ending with its topic words moved: the rest of the sentence is identical
+        all_topic = set().union(*TOPIC_WORDS.values())
+        assert [w for w in re.findall(r"[a-z]+", pos.lower()) if w not in all_topic] == \
+            [w for w in re.findall(r"[a-z]+", neg.lower()) if w not in all_topic]
         # told about the same hero (name or matching pronoun), so only the topic differs
         hero = re.match(r"(One day )?([A-Z][a-z]+)", prefix[0]).group(2)
         assert set(re.findall(r"[A-Z][a-z]+", neg)) & set(C.GIRLS + C.BOYS) <= {hero}
