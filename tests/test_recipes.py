@@ -18,7 +18,8 @@ SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml") if not p.stem.endswith("
 
 
 def test_the_four_recipes_are_shipped():
-    assert SHIPPED == ["slam", "slam-interleaved", "slam-scaled", "tiny-cpu", "twist-original"]
+    assert SHIPPED == ["demo-speech", "demo-text", "slam", "slam-interleaved", "slam-scaled", "tiny-cpu",
+                       "twist-original"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
