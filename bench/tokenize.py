@@ -13,7 +13,7 @@ tokenize loop (what the progress bar shows); per CPU-s = audio seconds / CPU sec
 the figure least disturbed by other jobs on a shared machine.
 Each configuration runs `slam tokenize` as a subprocess into a fresh folder; candidate and baseline are
 interleaved and repeated, and the median is reported. The baseline is the same command with one file at a
-time in one process (`--workers 1`, and `--batch-size 1` for HuBERT), as a straightforward loop would do.
+time in one process (`--workers 1`, and `--batch-size 1` for HuBERT), as a straightforward loop would do (for HuBERT also a padded batch of 4, which a GPU run would use).
 
 HuBERT: a randomly initialised model with mHuBERT-base-25Hz's exact shapes (12 layers, 768 wide, 8 convs of
 512, conv_pos_batch_norm) and so the same FLOPs, with 500 random centroids; only speed is measured.
@@ -101,7 +101,10 @@ def compare(name: str, runs: dict[str, list[str]], seconds: float, tmp: Path, re
         cpu = statistics.median(c for _, c, _ in runs_)
         loop = statistics.median(x for _, _, x in runs_)
         out[label] = (seconds / wall, loop, seconds / cpu)
-        print(f"  {label:<44} {wall:7.2f} {seconds / wall:15,.0f}x {loop:9,.0f}x {seconds / cpu:14,.0f}x"
+        def f(x: float, w: int) -> str:
+            return f"{x:{w},.0f}x" if x >= 100 else f"{x:{w}.1f}x"
+
+        print(f"  {label:<44} {wall:7.2f} {f(seconds / wall, 15)} {f(loop, 9)} {f(seconds / cpu, 14)}"
               f"   (walls: {', '.join(f'{w:.2f}' for w, _, _ in runs_)})")
     return out
 
@@ -147,8 +150,9 @@ def main() -> None:
             base = SLAM + ["tokenize", str(tmp / "hub"), "--tokenizer",
                            f"hubert:{tmp / 'hubert'}@11:{tmp / 'km500.npy'}", "--device", "cpu"]
             compare("HuBERT-base 25 Hz layout, random weights, layer 11, k-means 500, CPU", {
-                f"slam tokenize --batch-size 8 --workers {args.workers}":
-                    base + ["--batch-size", "8", "--workers", str(args.workers)],
+                f"slam tokenize --workers {args.workers} (CPU: batch 1)": base + ["--workers", str(args.workers)],
+                f"slam tokenize --workers {args.workers} --batch-size 4":
+                    base + ["--batch-size", "4", "--workers", str(args.workers)],
                 "baseline: --batch-size 1 --workers 1": base + ["--batch-size", "1", "--workers", "1"],
             }, seconds, tmp, max(1, args.repeats - 1))
 

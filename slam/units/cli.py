@@ -47,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", default="0/1", help="i/n: process every n-th file starting at i (default 0/1)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="processes for decoding (and mel features); 1 = all in this process")
-    p.add_argument("--batch-size", type=int, default=16, help="HuBERT: files per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="HuBERT: files per forward pass (default 16 on a GPU; 1 on a CPU, where one 10 s file "
+                        "already fills the cores and batching only adds padding)")
     p.add_argument("--device", default=None, help="HuBERT device (default: cuda when present, else cpu)")
     p.add_argument("--compile", action="store_true", help="HuBERT: torch.compile the forward pass")
     p.add_argument("--shard-rows", type=int, default=2048, help="rows per parquet shard")
@@ -232,12 +234,13 @@ def run(args: argparse.Namespace) -> int:
                 torch.set_num_threads(free_cores())  # OpenMP threads on busy cores spin-wait (see free_cores)
             if n_dec >= 1 and len(chunks) > 1:
                 pool = ctx.Pool(n_dec)
+            batch_size = args.batch_size or (16 if tok.hubert.device.type == "cuda" else 1)
             pending: list[tuple[str, np.ndarray]] = []
-            group = max(1, args.batch_size) * 4  # sort-by-length window: 4 batches
+            group = max(1, batch_size) * 4  # sort-by-length window: 4 batches
 
             def flush() -> None:
                 wavs = [w for _, w in pending]
-                for (id_, wav), frames in zip(pending, tok.encode_batch(wavs, batch_size=args.batch_size)):
+                for (id_, wav), frames in zip(pending, tok.encode_batch(wavs, batch_size=batch_size)):
                     units, durs = dedup(frames) if do_dedup else (frames, np.ones_like(frames))
                     _emit(writer, prog, ("ok", id_, units, durs, len(wav) / 16000), extras[id_], sources[id_])
                 prog.update(len(pending))
