@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="results.json (default: MODEL_DIR/eval-results.json)")
     p.add_argument("--score", choices=["mean", "sum"], default="mean",
                    help="utterance score: mean token NLL (published) or the sum")
-    p.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per scoring forward")
+    p.add_argument("--batch-tokens", type=int, default=None,
+                   help="padded tokens per scoring forward (default 16384 on a GPU, 2048 on a CPU; 0 = one at a time)")
     p.add_argument("--cache-dir", default=None, help="units cache (default ~/.cache/slam/units)")
     p.add_argument("--no-cache", action="store_true", help="tokenise every file again, write no cache")
     p.add_argument("--tokenizer", default=None,

@@ -290,19 +290,22 @@ def _batches(lengths: Sequence[int], batch_tokens: int, max_batch: int) -> list[
 
 @torch.inference_mode()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], reduction: str = "mean",
-                    batch_tokens: int = 16384, max_batch: int = 256, pad_id: int = 0,
+                    batch_tokens: int | None = None, max_batch: int = 256, pad_id: int = 0,
                     progress: bool = False, allowed_ids: Sequence[int] | None = None,
                     score_from: Sequence[int] | None = None) -> np.ndarray:
     """NLL of each id sequence (first token given, every later one predicted): mean or sum over tokens.
 
     batch_tokens bounds padded tokens per forward (logits are batch_tokens x vocab floats); batch_tokens=0
-    scores one sequence at a time. Interleaved models: `allowed_ids` restricts the softmax to those ids
+    scores one sequence at a time; None = 16384 on a GPU, 2048 on a CPU (bench/eval.py, 1 thread: 1024-4096
+    tokens beat both one at a time and 16384, whose activations fall out of cache on long sequences). Interleaved models: `allowed_ids` restricts the softmax to those ids
     (e.g. units + eos: text logits masked off), `score_from[i]` is the index of sequence i's first scored
     token (default 1; e.g. the ending after a prompt).
     """
     if reduction not in ("mean", "sum"):
         raise SlamError(f"score must be 'mean' or 'sum', got {reduction!r}")
     device = next(model.parameters()).device
+    if batch_tokens is None:
+        batch_tokens = 16384 if device.type == "cuda" else 2048
     lengths = [len(s) for s in sequences]
     if min(lengths, default=2) < 2:
         raise SlamError("every sequence needs at least 2 tokens to be scored")
@@ -364,7 +367,7 @@ def benchmark_hash(bench: Benchmark, hashes: dict[Path, str]) -> str:
 
 
 def evaluate_pairs(model: Any, info: SlamInfo, pairs: Benchmark | str | Path, *, tokenizer: Any = None,
-                   root: str | Path | None = None, score: str = "mean", batch_tokens: int = 16384,
+                   root: str | Path | None = None, score: str = "mean", batch_tokens: int | None = None,
                    cache_dir: str | Path | None = None, dedup: bool | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Accuracy of `model` on a benchmark (a Benchmark or a path to read). Used by `slam eval` and by the
