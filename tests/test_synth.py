@@ -171,6 +171,10 @@ def test_cli_text_file(tmp_path, capsys):
     assert [(r["id"], r["voice"]) for r in rows] == [("0000001", "en-us"), ("0000003", "en-us")]
     assert "spoke 2 utterances" in capsys.readouterr().out
     assert main(["synth", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")]) == 2
+    # a bad voice stops the run before anything is written or rejected
+    assert main(["synth", str(text), "--out", str(tmp_path / "bad"), "--voices", "en-us+zz"]) == 2
+    assert "unknown variant" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "rejects.jsonl").exists()
 
 
 def test_kill_then_resume_loses_nothing_and_lists_nothing_twice(tmp_path):

@@ -165,7 +165,14 @@ def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "
     done = {r["id"] for r in read_jsonl(out / MANIFEST, repair=True)}
     rejected = {r["id"] for r in read_jsonl(out / REJECTS, repair=True)}
     todo = [u for u in items if u.id not in done and u.id not in rejected]
-    load_backend(backend)  # fail here, once, with a clear message (missing espeak-ng, bad backend)
+    # fail here, once, with a clear message (missing espeak-ng, bad backend, unknown voice), not with every
+    # utterance rejected
+    probe = load_backend(backend)
+    for voice in sorted({u.voice for u in todo}):
+        try:
+            probe.synthesize("test", voice)
+        except Exception as e:  # noqa: BLE001 - any backend's refusal of a voice
+            raise SlamError(f"voice {voice!r} does not work with the {backend} backend: {e}") from e
 
     t0 = time.time()
     n_ok = n_bad = 0
