@@ -1,8 +1,9 @@
 """Benchmark: speech synthesis throughput (utterances/s, x realtime) and word-time accuracy.
 
-    .venv/bin/python bench/synth.py [--sentences 400 --rounds 3]
+    .venv/bin/python bench/synth.py [--sentences 400 --rounds 3] [--stories]
 
-Candidates, interleaved in each round on the same sentences of the built-in corpus (4 default voices in turn),
+Candidates, interleaved in each round on the same sentences (or, with --stories, whole stories: what the demo
+speaks, ~4x longer) of the built-in corpus (4 default voices in turn),
 each writing 16 kHz wavs to a fresh folder:
   naive-1 / naive-2   the prototype: one `espeak-ng --stdout` process per sentence, soxr to 16 kHz, a wav
                       written; no word times, no manifest (1 or 2 worker processes)
@@ -118,13 +119,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stories", action="store_true", help="speak whole stories (one per utterance)")
     args = ap.parse_args()
-    sentences = corpus.split_sentences(" ".join(corpus.build(stories=args.sentences, pairs=1, prefs=1)["stories"]))
+    stories = corpus.build(stories=args.sentences, pairs=1, prefs=1)["stories"]
+    sentences = stories if args.stories else corpus.split_sentences(" ".join(stories))
     items = [tts.Utterance(f"s{i:05d}", t, DEFAULT_VOICES[i % 4]) for i, t in enumerate(sentences[: args.sentences])]
     runs = [("naive-1", naive, 1), ("slam-1", slam_runner, 1), ("wordwise-1", wordwise, 1),
             ("naive-2", naive, 2), ("slam-2", slam_runner, 2)]
     results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in runs}
-    print(f"{len(items)} sentences, {os.cpu_count()} CPUs, {args.rounds} rounds")
+    print(f"{len(items)} {'stories' if args.stories else 'sentences'}, {os.cpu_count()} CPUs, {args.rounds} rounds")
     for r in range(args.rounds):
         for name, fn, workers in runs:
             out = tempfile.mkdtemp(prefix=f"bench-synth-{name}-")
