@@ -413,12 +413,16 @@ def _load_cached_table(path: Path, meta: dict) -> torch.Tensor | None:
 
 @torch.no_grad()
 def evaluate_pairs(model: nn.Module, loss_fn: Callable, metrics: Metrics, pairs: EncodedPairs, val_idx: np.ndarray,
-                   micro: int, env: dist.Env, amp: Callable, ref_table: torch.Tensor | None) -> dict[str, float]:
-    """DPO loss and reward statistics over the validation pairs (every rank the same number of batches)."""
+                   micro: int, env: dist.Env, amp: Callable, ref_table: torch.Tensor | None,
+                   max_batches: int = 0) -> dict[str, float]:
+    """DPO loss and reward statistics over the validation pairs (every rank the same number of batches;
+    `max_batches` micro-batches per rank at most, 0 = all)."""
     was_training = model.training
     model.eval()
     metrics.reset()
     share, _ = _rank_share(val_idx, env, pad=False)
+    if max_batches:
+        share = share[:max_batches * micro]
     for a in range(0, len(share), micro):
         batch = with_reference(to_device(collate(pairs, share[a:a + micro]), env.device), ref_table)
         with amp():
@@ -556,7 +560,8 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
         if len(val_idx) < env.world:
             return None
         with budget.overhead_of("eval"):
-            v = evaluate_pairs(model, loss_fn, metrics, pairs, val_idx, cfg.batch.micro, env, amp, ref_table)
+            v = evaluate_pairs(model, loss_fn, metrics, pairs, val_idx, cfg.batch.micro, env, amp, ref_table,
+                               cfg.eval.batches)
         run.log("val", step, flops=flops_total, progress=budget.progress(), **v)
         return v
 
