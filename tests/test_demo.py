@@ -1,0 +1,224 @@
+"""`slam demo --fast` end to end (every stage for real, tiny sizes, seconds of budget), its report artefacts,
+resume, refusal of mixed settings, the missing-espeak message, and the demo's text tokenizer and recipes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from slam import demo
+from slam.cli import COMMANDS, main
+from slam.errors import MissingDependencyError, SlamError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    t0 = time.perf_counter()
+    code = main(["demo", "--out", str(out), "--fast"])
+    assert code == 0
+    return out, time.perf_counter() - t0
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_every_step_ran_and_recorded_its_commands(fast_demo):
+    out, _ = fast_demo
+    state = json.loads((out / "demo.json").read_text())
+    assert [k for k in demo.STEPS if state["steps"].get(k, {}).get("status") == "done"] == list(demo.STEPS)
+    for name in demo.STEPS:
+        assert state["steps"][name]["seconds"] > 0
+    # every recorded command is a real `slam` (or python -m slam.*) command line whose arguments its own
+    # subcommand parser accepts: a user can paste it
+    n = 0
+    for step in state["steps"].values():
+        for c in step["commands"]:
+            argv = shlex.split(c["command"])
+            while "=" in argv[0] and not argv[0].startswith("slam"):  # OMP_NUM_THREADS=1 prefix
+                argv = argv[1:]
+            if argv[0] == "python":
+                assert argv[1:3] in (["-m", "slam.textlm"], ["-m", "slam.report"])
+                continue
+            assert argv[0] == "slam" and argv[1] in COMMANDS
+            module = __import__(COMMANDS[argv[1]][0], fromlist=["add_arguments"])
+            parser = argparse.ArgumentParser(prog=f"slam {argv[1]}")
+            module.add_arguments(parser)
+            parser.parse_args(argv[2:])
+            n += 1
+    assert n >= 14  # corpus, 5 synth, fit-kmeans, tokenize, prefs, 3 train, dpo, 3 eval, 3 generate
+    kinds = [shlex.split(c["command"])[1] for s in state["steps"].values() for c in s["commands"]
+             if c["command"].startswith("slam ")]
+    for sub in ("corpus", "synth", "fit-kmeans", "tokenize", "dpo", "eval", "generate"):
+        assert sub in kinds
+    assert sum(c["command"].startswith("OMP_NUM_THREADS") for c in state["steps"]["pretrain"]["commands"]) == 3
+
+
+def test_models_results_and_audio_are_well_formed(fast_demo):
+    out, _ = fast_demo
+    plan = demo.make_plan(12, fast=True, seed=0)
+    for m in demo.MODELS:
+        folder = out / "runs" / m / "final"
+        assert (folder / "model.safetensors").exists() and (folder / "slam.json").exists()
+        r = json.loads((out / "eval" / f"{m}.json").read_text())
+        assert set(r["metrics"]) == set(demo.BENCHMARKS)
+        for b, v in r["metrics"].items():
+            assert v["n"] == plan.pairs
+            assert 0 <= v["ci95"][0] <= v["value"] <= v["ci95"][1] <= 100
+    # TWIST really started from the text LM: its transformer body differs from scratch's at step 0 and its
+    # provenance names the text run as base
+    twist = json.loads((out / "runs" / "twist" / "final" / "slam.json").read_text())
+    assert str(out / "runs" / "text" / "final") in json.dumps(twist)
+    # the DPO model starts from the TWIST model
+    assert str(out / "runs" / "twist" / "final") in (out / "runs" / "twist-dpo" / "config.yaml").read_text()
+    prompts = [json.loads(x) for x in (out / "speech" / "prompts" / "manifest.jsonl").read_text().splitlines()]
+    assert len(prompts) == plan.prompts
+    for m in demo.MODELS:
+        recs = [json.loads(x) for x in (out / "generate" / f"{m}.units.jsonl").read_text().splitlines()]
+        assert len(recs) == plan.prompts
+        for rec, pr in zip(recs, prompts):
+            wav, sr = sf.read(out / "generate" / rec["file"])
+            assert sr == 16000 and np.isfinite(wav).all() and np.abs(wav).max() > 0
+            assert len(wav) / sr > 0.5 * pr["seconds"]  # prompt resynthesised + continuation
+            assert len(rec["units"]) > 0
+
+
+def test_report_artefacts_exist_and_are_well_formed(fast_demo):
+    out, _ = fast_demo
+    w, h = _png_size(out / "loss_curves.png")
+    assert w > 600 and h > 200
+    w, h = _png_size(out / "accuracy.png")
+    assert w > 400 and h > 200
+    md = (out / "report.md").read_text()
+    for title in ("speech LM from scratch", "TWIST (text LM init)", "TWIST + DPO", "chance"):
+        assert title in md
+    assert "![loss curves](loss_curves.png)" in md and "![accuracy](accuracy.png)" in md
+    # the accuracy in the table is the one in the eval results, with its CI
+    r = json.loads((out / "eval" / "twist.json").read_text())["metrics"]["grammar"]
+    assert f"{r['value']:.1f} [{r['ci95'][0]:.1f}, {r['ci95'][1]:.1f}]" in md
+    # every linked file exists
+    import re
+
+    for link in re.findall(r"\]\(([^)]+)\)", md):
+        assert (out / link).exists(), link
+    # commands of every step, and their timings
+    for step in demo.STEPS:
+        assert f"### {step}: " in md
+    assert "slam train demo-speech" in md and "slam eval" in md and "slam generate" in md
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert page.count("<audio controls src='data:audio/wav;base64,") == demo.make_plan(1, True, 0).prompts * 4
+    assert page.count("<img alt=") == 2 and "data:image/png;base64," in page
+    # an embedded wav decodes to the file it came from
+    import base64
+    import io
+
+    first = page.split("data:audio/wav;base64,", 1)[1].split("'", 1)[0]
+    wav, sr = sf.read(io.BytesIO(base64.b64decode(first)))
+    assert sr == 16000 and len(wav) > 0
+
+
+def test_rerun_reuses_finished_steps_and_redoes_an_interrupted_one(fast_demo, capsys):
+    out, first_seconds = fast_demo
+    evals = {m: (out / "eval" / f"{m}.json").stat().st_mtime_ns for m in demo.MODELS}
+    final = (out / "runs" / "scratch" / "final" / "model.safetensors").stat().st_mtime_ns
+    # pretend the run was killed during evaluation of the TWIST+DPO model
+    state = json.loads((out / "demo.json").read_text())
+    for step in ("eval", "generate", "report"):
+        state["steps"][step]["status"] = "interrupted"
+    (out / "demo.json").write_text(json.dumps(state))
+    (out / "eval" / "twist-dpo.json").unlink()
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    assert main(["demo", "--out", str(out), "--fast"]) == 0
+    took = time.perf_counter() - t0
+    log = capsys.readouterr().out
+    state = json.loads((out / "demo.json").read_text())
+    for step in ("corpus", "speech", "units", "prefs", "pretrain", "dpo"):
+        assert state["steps"][step]["reused"] is True, step
+        assert "reused" in log
+    assert not state["steps"]["eval"]["reused"]
+    assert (out / "eval" / "twist-dpo.json").exists()
+    assert (out / "eval" / "scratch.json").stat().st_mtime_ns == evals["scratch"]  # not evaluated twice
+    assert (out / "runs" / "scratch" / "final" / "model.safetensors").stat().st_mtime_ns == final
+    assert "$ slam train" not in log and "$ slam synth" not in log
+    assert took < first_seconds
+
+
+def test_a_folder_made_with_other_settings_is_refused(fast_demo, capsys):
+    out, _ = fast_demo
+    assert main(["demo", "--out", str(out), "--fast", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--fresh" in err and "seed" in err
+
+
+def test_fresh_refuses_a_folder_the_demo_did_not_make(tmp_path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(SlamError, match="not deleting"):
+        demo.Demo(tmp_path, demo.make_plan(1, True, 0), 1).load_state(fresh=True)
+    assert (tmp_path / "precious.txt").exists()
+
+
+def test_missing_espeak_names_the_install_command(monkeypatch, tmp_path, capsys):
+    import slam.synth.tts as tts
+
+    def missing(spec="espeak"):
+        raise MissingDependencyError("espeak-ng (libespeak-ng) is not installed (libespeak-ng.so.1: cannot open)")
+
+    monkeypatch.setattr(tts, "load_backend", missing)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--fast"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "apt-get install -y espeak-ng" in err[0]
+    assert not (tmp_path / "d").exists()  # nothing started
+
+
+def test_text_tokenizer_is_word_level_with_the_speech_special_ids(tmp_path):
+    from transformers import AutoTokenizer
+
+    from slam.textlm import train_tokenizer
+
+    text = tmp_path / "stories.txt"
+    text.write_text("Tom went to the barn. He fed the goat.\nAnna saw two owls near the forest.\n")
+    s = train_tokenizer([text], tmp_path / "tok")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 1) and s["vocab_size"] == len(tok)
+    ids = tok("Anna fed the owls.", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["anna", "fed", "the", "owls", "."]
+    assert tok.unk_token_id not in ids
+    assert tok("Anna fed a zebra.", add_special_tokens=False)["input_ids"][-2] == tok.unk_token_id
+    assert len(tok) == 3 + len({"tom", "went", "to", "the", "barn", ".", "he", "fed", "goat", "anna", "saw", "two",
+                                "owls", "near", "forest"})
+
+
+def test_demo_recipes_load_and_share_one_model_shape():
+    from slam.train.cli import load
+
+    speech, text = load("demo-speech", []), load("demo-text", [])
+    assert speech.model.base is None and speech.data.kind == "units"
+    assert text.data.kind == "text" and text.model.base is None
+    # TWIST: the speech LM takes the text LM's body, so the shapes must be the same
+    assert speech.model.config == text.model.config
+    from slam.train.dpo_cli import load as load_dpo
+
+    cfg = load_dpo("demo-dpo", [])
+    assert cfg.dpo.beta == 0.1 and cfg.schedule.name == "inverse_sqrt"
+
+
+def test_plan_budgets_follow_minutes():
+    p = demo.make_plan(12, fast=False, seed=0)
+    assert (p.speech_seconds, p.text_seconds, p.dpo_seconds) == (720, 180, 120)
+    with pytest.raises(SlamError, match="positive"):
+        demo.run_demo("unused", minutes=0)
