@@ -115,6 +115,11 @@ def test_runner_writes_wavs_manifest_rejects_and_resumes(tmp_path):
     assert len(_manifest(tmp_path)) == 12
     with pytest.raises(SlamError, match="twice"):
         tts.synthesize(items + items[:1], tmp_path, progress=False)
+    # the same ids for other text or another voice: refused, never the stale audio
+    with pytest.raises(SlamError, match="another text or voice"):
+        tts.synthesize([Utterance("u1", "Something else.", items[1].voice)], tmp_path, progress=False)
+    with pytest.raises(SlamError, match="another text or voice"):
+        tts.synthesize([Utterance("empty", "", "en-gb")], tmp_path, progress=False)
 
 
 def test_cut_manifest_line_is_repaired_and_redone(tmp_path):

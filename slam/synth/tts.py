@@ -16,7 +16,8 @@ Crash safety and resume: workers write each wav atomically; the parent alone app
 flushed per line (a killed process loses nothing written) and fsynced every second and at the end. On
 restart a cut last line is dropped, ids already in the manifest or rejects are skipped, and the rest is
 redone: a wav written just before a kill without its manifest line is simply rewritten, so nothing is
-lost and no id is listed twice. Rejects are not retried; delete rejects.jsonl to retry them.
+lost and no id is listed twice. Rejects are not retried; delete rejects.jsonl to retry them. An id found
+there with another text or voice than now stops the run (audio is never reused for changed input).
 """
 
 from __future__ import annotations
@@ -162,8 +163,18 @@ def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "
     (out / "wavs").mkdir(parents=True, exist_ok=True)
     for tmp in (out / "wavs").glob(".*.tmp"):  # half-written wavs of a killed run (their ids are redone)
         tmp.unlink(missing_ok=True)
-    done = {r["id"] for r in read_jsonl(out / MANIFEST, repair=True)}
-    rejected = {r["id"] for r in read_jsonl(out / REJECTS, repair=True)}
+    rows, rejects = read_jsonl(out / MANIFEST, repair=True), read_jsonl(out / REJECTS, repair=True)
+    done = {r["id"] for r in rows}
+    rejected = {r["id"] for r in rejects} - done
+    earlier = {r["id"]: r for r in rejects + rows}
+    # an id done earlier must still mean the same utterance: never reuse audio made for other text or voice
+    changed = [u for u in items
+               if u.id in earlier and (earlier[u.id]["text"], earlier[u.id]["voice"]) != (u.text, u.voice)]
+    if changed:
+        u, old = changed[0], earlier[changed[0].id]
+        raise SlamError(f"{out} already holds {len(changed)} of these ids with another text or voice (e.g. {u.id}: "
+                        f"{old['text']!r} in {old['voice']} there, {u.text!r} in {u.voice} now): use a new --out "
+                        f"folder, or delete this one to start over")
     todo = [u for u in items if u.id not in done and u.id not in rejected]
     # fail here, once, with a clear message (missing espeak-ng, bad backend, unknown voice), not with every
     # utterance rejected
