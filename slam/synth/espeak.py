@@ -74,16 +74,15 @@ class EspeakBackend:
     sample_rate = 16000
     default_voices = DEFAULT_VOICES
 
-    _lib = None  # one engine per process (see module docstring)
+    _lib = None  # one engine per process (see module docstring), so its voice is per process too
     _pid = None
+    _engine_voice: str | None = None
 
     def __init__(self) -> None:
         self._load()
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, int]] = []
         self._callback = _CALLBACK(self._on_audio)  # kept referenced: the C side holds only a pointer
-        self._lib.espeak_SetSynthCallback(self._callback)
-        self._voice: str | None = None
         self._identifiers = self._list_voices()
 
     @classmethod
@@ -103,7 +102,7 @@ class EspeakBackend:
         lib.espeak_GetCurrentVoice.restype = ctypes.POINTER(_Voice)
         lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
                                      ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        cls._lib, cls._pid, cls.engine_rate = lib, os.getpid(), rate
+        cls._lib, cls._pid, cls.engine_rate, cls._engine_voice = lib, os.getpid(), rate, None
 
     def _list_voices(self) -> dict[str, str]:
         """language code -> voice file identifier, e.g. en-gb -> gmw/en (espeak_ListVoices)."""
@@ -122,7 +121,7 @@ class EspeakBackend:
         return out
 
     def set_voice(self, voice: str) -> None:
-        if voice == self._voice:
+        if voice == EspeakBackend._engine_voice:
             return
         lang, variant, rate = parse_voice(voice)
         ident = self._identifiers.get(lang.lower())
@@ -135,7 +134,7 @@ class EspeakBackend:
         if got != want:  # espeak silently drops an unknown variant: refuse instead of speaking the wrong voice
             raise SlamError(f"espeak voice {voice!r}: unknown variant {variant!r} (see espeak-ng-data/voices/!v)")
         self._lib.espeak_SetParameter(_RATE, rate, 0)
-        self._voice = voice
+        EspeakBackend._engine_voice = voice
 
     def _on_audio(self, wav, n, events) -> int:
         if n > 0:
@@ -149,6 +148,7 @@ class EspeakBackend:
 
     def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
         self.set_voice(voice)
+        self._lib.espeak_SetSynthCallback(self._callback)  # this instance's, should another one exist
         self._chunks, self._events = [], []
         data = text.encode()
         err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
