@@ -37,7 +37,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 MODEL = {"model_type": "qwen2", "hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4,
          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 1024,
@@ -49,8 +48,9 @@ def make_pairs(n: int, seed: int = 0):
     from slam.prefs import Pair
 
     rng = np.random.default_rng(seed)
-    return [Pair(f"p{i}", rng.integers(0, N_UNITS, rng.integers(60, 141)), rng.integers(0, N_UNITS, rng.integers(40, 121)),
-                 rng.integers(0, N_UNITS, rng.integers(40, 121))) for i in range(n)]
+    return [Pair(f"p{i}", rng.integers(0, N_UNITS, rng.integers(60, 141)),
+                 rng.integers(0, N_UNITS, rng.integers(40, 121)), rng.integers(0, N_UNITS, rng.integers(40, 121)))
+            for i in range(n)]
 
 
 def padded_logps(model, pairs, index) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,8 +30,9 @@ def tiny_model(seed: int = 0, n_units: int = 16, varlen: bool = True):
 
 def random_pairs(n: int, seed: int = 0, n_units: int = 16) -> list[Pair]:
     rng = np.random.default_rng(seed)
-    return [Pair(f"p{i:03d}", rng.integers(0, n_units, rng.integers(1, 9)), rng.integers(0, n_units, rng.integers(1, 7)),
-                 rng.integers(0, n_units, rng.integers(1, 7))) for i in range(n)]
+    return [Pair(f"p{i:03d}", rng.integers(0, n_units, rng.integers(1, 9)),
+                 rng.integers(0, n_units, rng.integers(1, 7)), rng.integers(0, n_units, rng.integers(1, 7)))
+            for i in range(n)]
 
 
 # --- the loss -------------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def prefs(tmp_path_factory, start):
 
 def args(start, prefs, out, *extra):
     return ["dpo", "slam-dpo", f"model={start}", f"data.train={prefs}", f"out={out}", "data.val_fraction=0",
-            "data.max_length=128", "batch.size=4", "batch.micro=2", "budget.time=null", "budget.steps=30", "optim.lr=3e-3",
+            "data.max_length=128", "batch.size=4", "batch.micro=2", "budget.time=null", "budget.steps=30",
+            "optim.lr=3e-3",
             "schedule.warmup=0.1", "log_every=1", "eval.every_steps=0", "checkpoint.every_steps=0",
             "checkpoint.every_minutes=0", "precision=fp32", "seed=0", *extra]
 

@@ -53,8 +53,6 @@ from slam.train.optim import build_optimizer, set_lr
 from slam.train.schedule import lr_at
 from slam.utils import format_duration
 
-IGNORE = -100
-
 
 # --- the loss -----------------------------------------------------------------------------------------------
 @dataclass
@@ -196,30 +194,32 @@ def encode_pairs(pairs: list, info: Any) -> EncodedPairs:
 def collate(pairs: EncodedPairs, index: np.ndarray) -> dict[str, Any]:
     """Pairs -> one packed row [1, T]: sequence 2j = prompt+chosen, 2j+1 = prompt+rejected of pair j.
 
-    `targets[t]` is the token at t+1 when that token belongs to a completion of the same sequence (the
-    logits at t predict it), else -100; `owner[t]` is the sequence the target belongs to."""
+    The completion tokens are the targets: `target_pos` = the row positions whose logits predict one (the
+    token before it), `target_ids` = that token, `target_owner` = its sequence. Computed here, on the host,
+    so the forward needs no boolean mask (no device sync) and only those rows of the logits are scored."""
     from slam.attention import cu_seqlens_from_position_ids
 
-    ids, pos, tgt, own = [], [], [], []
+    ids, pos, tpos, tids, town = [], [], [], [], []
+    start = 0
     for j, i in enumerate(index):
         p = pairs.prompt[i]
         for k, comp in enumerate((pairs.chosen[i], pairs.rejected[i])):
             seq = np.concatenate([p, comp])
-            t = np.full(len(seq), IGNORE, dtype=np.int64)
-            t[len(p) - 1:len(seq) - 1] = comp
             ids.append(seq)
             pos.append(np.arange(len(seq)))
-            tgt.append(t)
-            own.append(np.full(len(seq), 2 * j + k, dtype=np.int64))
+            tpos.append(start + np.arange(len(p) - 1, len(seq) - 1))
+            tids.append(comp)
+            town.append(np.full(len(comp), 2 * j + k, dtype=np.int64))
+            start += len(seq)
     position_ids = np.concatenate(pos)[None]
     cu, max_len = cu_seqlens_from_position_ids(position_ids)
     cu_t = torch.from_numpy(cu)
-    completion = sum(len(pairs.chosen[i]) + len(pairs.rejected[i]) for i in index)
     return {"input_ids": torch.from_numpy(np.concatenate(ids)[None]), "position_ids": torch.from_numpy(position_ids),
-            "targets": torch.from_numpy(np.concatenate(tgt)), "owner": torch.from_numpy(np.concatenate(own)),
+            "target_pos": torch.from_numpy(np.concatenate(tpos)), "target_ids": torch.from_numpy(np.concatenate(tids)),
+            "target_owner": torch.from_numpy(np.concatenate(town)),
             "index": torch.from_numpy(np.asarray(index, dtype=np.int64)),
             "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": max_len, "max_length_k": max_len,
-            "n_tokens": int(position_ids.shape[1]), "n_completion": int(completion)}
+            "n_tokens": int(position_ids.shape[1])}
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -306,36 +306,37 @@ def sequence_logps(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tenso
         kwargs = {k: batch[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
     logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
                    **kwargs).logits[0]
-    # cross_entropy gives 0 at ignored positions: summing per owner gives each completion's log-prob.
-    token_logp = -F.cross_entropy(logits.float(), batch["targets"], ignore_index=IGNORE, reduction="none")
-    n_seq = 2 * len(batch["index"])
-    per_seq = torch.zeros(n_seq, device=token_logp.device, dtype=torch.float32).index_add_(0, batch["owner"], token_logp)
+    # Only the completion rows, in fp32: the prompt half of a [T, V] logits copy is never made (it matters
+    # for interleaved models, whose V is the text vocabulary, ~152k for Qwen2.5).
+    token_logp = -F.cross_entropy(logits[batch["target_pos"]].float(), batch["target_ids"], reduction="none")
+    per_seq = torch.zeros(2 * len(batch["index"]), device=token_logp.device, dtype=torch.float32)
+    per_seq.index_add_(0, batch["target_owner"], token_logp)
     return per_seq[0::2], per_seq[1::2]
 
 
 class Metrics:
     """Sums of the step's DPO statistics on this rank; `reduce` agrees on them over ranks (one all-reduce)."""
 
-    NAMES = ("loss", "chosen", "rejected", "correct", "pairs", "tokens")
-
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.sums = [0.0] * len(self.NAMES)
-        self._pending: list[torch.Tensor] = []
+        self._sums: list[torch.Tensor] = []  # per micro-batch: loss, chosen, rejected rewards, wins (device)
+        self.pairs = 0
+        self.tokens = 0
 
     def add(self, out: DPOOutput, batch: dict[str, Any]) -> None:
         # kept on the device and summed once per step: no host sync per micro-batch
-        self._pending.append(torch.stack([out.losses.detach().sum(), out.chosen_rewards.sum(),
-                                          out.rejected_rewards.sum(),
-                                          (out.chosen_rewards > out.rejected_rewards).float().sum()]).double())
-        self.sums[4] += float(len(out.losses))
-        self.sums[5] += float(batch["n_tokens"])
+        self._sums.append(torch.stack([out.losses.detach().sum(), out.chosen_rewards.sum(),
+                                       out.rejected_rewards.sum(),
+                                       (out.chosen_rewards > out.rejected_rewards).float().sum()]).double())
+        self.pairs += len(out.losses)
+        self.tokens += int(batch["n_tokens"])
 
     def reduce(self, device: torch.device) -> dict[str, float]:
-        first = torch.stack(self._pending).sum(0) if self._pending else torch.zeros(4, dtype=torch.float64, device=device)
-        packet = torch.cat([first.to(device), torch.tensor(self.sums[4:], dtype=torch.float64, device=device)])
+        sums = torch.stack(self._sums).sum(0) if self._sums else torch.zeros(4, dtype=torch.float64, device=device)
+        counts = torch.tensor([self.pairs, self.tokens], dtype=torch.float64, device=device)
+        packet = torch.cat([sums.to(device), counts])
         loss, chosen, rejected, correct, pairs, tokens = dist.all_reduce(packet).cpu().tolist()
         self.reset()
         n = max(pairs, 1.0)
@@ -647,8 +648,10 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     run.plot()
     if env.main:
         over = ", ".join(f"{k} {format_duration(v)}" for k, v in sorted(budget.overhead.items()))
-        val_txt = (f"validation on {val['pairs']} pairs: loss {val['loss']:.4f}, reward accuracy "
-                   f"{val['reward_accuracy']:.3f}, margin {val['reward_margin']:+.4f}" if val else "no validation pairs")
+        val_txt = "no validation pairs"
+        if val:
+            val_txt = (f"validation on {val['pairs']} pairs: loss {val['loss']:.4f}, reward accuracy "
+                       f"{val['reward_accuracy']:.3f}, margin {val['reward_margin']:+.4f}")
         last_txt = (f"last step: loss {last['loss']:.4f}, reward accuracy {last['reward_accuracy']:.3f}, margin "
                     f"{last['reward_margin']:+.4f}" if last else "no finite step")
         print(f"slam dpo: {step} steps x {cfg.batch.size} pairs ({counts['train_pairs']} training pairs, "
