@@ -154,7 +154,7 @@ def evaluate(model: nn.Module, batches: Iterator[dict], loss_fn: Callable, env: 
         loss_sum += float(s)
         n_tok += float(n)
     model.train(was_training)
-    t = dist.all_reduce(torch.tensor([loss_sum, n_tok], dtype=torch.float64))
+    t = dist.all_reduce(torch.tensor([loss_sum, n_tok], dtype=torch.float64, device=env.device))
     return (float(t[0] / t[1]) if t[1] > 0 else float("nan")), int(t[1])
 
 
