@@ -43,13 +43,13 @@ def load_vocoder(info: SlamInfo, model_dir: str | Path, name: str | None = None,
     if name == "hifigan" or Path(name).suffix == ".pt" or Path(name).is_dir():
         from slam.vocoder.hifigan import load_hifigan
 
+        if name == "hifigan" and kind != "hubert":  # the published one speaks mHuBERT-25Hz km500 units only
+            raise SlamError(f"the published HiFi-GAN speaks mHuBERT-25Hz units; this model's tokenizer is {kind!r} "
+                            f"(fitting: {', '.join(fitting) or 'none'})")
         vocoder = load_hifigan(None if name == "hifigan" else name, device=device)
         if vocoder.cfg.num_embeddings != info.n_units:
             raise SlamError(f"the HiFi-GAN speaks {vocoder.cfg.num_embeddings} units but this model has "
                             f"{info.n_units} (tokenizer {kind!r}); vocoders fitting it: "
                             f"{', '.join(fitting) or 'none'}")
-        if kind != "hubert":
-            raise SlamError(f"the HiFi-GAN speaks mHuBERT-25Hz units; this model's tokenizer is {kind!r} "
-                            f"(fitting: {', '.join(fitting) or 'none'})")
         return vocoder
     raise SlamError(f"unknown vocoder {name!r}: use hifigan, melinv, a HiFi-GAN .pt file or its folder")
