@@ -126,3 +126,15 @@ def test_unsupported_variants_are_refused():
         HifiGanConfig.from_published({**TINY_JSON, "f0": True})
     with pytest.raises(SlamError, match="resblock"):
         HifiGanConfig.from_published({**TINY_JSON, "resblock": "2"})
+
+
+def test_load_vocoder_picks_hifigan_for_hubert_units(tmp_path):
+    from slam.tokens import SlamInfo
+    from slam.vocoder import load_vocoder
+
+    torch.save({"generator": published_style_state(tiny())}, tmp_path / "voc.pt")
+    (tmp_path / "voc_config.json").write_text(json.dumps(TINY_JSON))
+    voc = load_vocoder(SlamInfo(n_units=20, tokenizer={"kind": "hubert"}), tmp_path, str(tmp_path / "voc.pt"))
+    assert isinstance(voc, CodeHiFiGAN)
+    with pytest.raises(SlamError, match="speaks 20 units but this model has 30"):
+        load_vocoder(SlamInfo(n_units=30, tokenizer={"kind": "hubert"}), tmp_path, str(tmp_path / "voc.pt"))
