@@ -143,11 +143,16 @@ def evaluate_genppl(model: Any, info: SlamInfo, prompts: str | Path, *, tokenize
     t0 = time.perf_counter()
     files = prompt_files(prompts, n_prompts)
     units, durs = [], []
-    for f in tqdm(files, desc="prompts", unit="file", disable=not progress):
-        wav = load_audio(f)[: int(prompt_seconds * 16000)]
-        frames = np.asarray(tokenizer.encode(wav), dtype=np.int64)
-        u, d = dedup_frames(frames) if dedup else (frames, np.ones_like(frames))
-        units.append(u), durs.append(d)
+    bar = tqdm(total=len(files), desc="prompts", unit="file", disable=not progress)
+    for start in range(0, len(files), 16):  # 16 per call: a HuBERT tokenizer batches them on its device
+        wavs = [load_audio(f)[: int(prompt_seconds * 16000)] for f in files[start:start + 16]]
+        encoded = tokenizer.encode_batch(wavs) if hasattr(tokenizer, "encode_batch") else map(tokenizer.encode, wavs)
+        for frames in encoded:
+            frames = np.asarray(frames, dtype=np.int64)
+            u, d = dedup_frames(frames) if dedup else (frames, np.ones_like(frames))
+            units.append(u), durs.append(d)
+        bar.update(len(wavs))
+    bar.close()
     from slam.generate import sample_units
 
     new = sample_units(model, info, units, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
