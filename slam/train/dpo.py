@@ -574,6 +574,7 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
                bar_format="{percentage:5.1f}%|{bar:16}| {desc}")
     model.train()
     last: dict[str, float] = {}
+    first_step = True
     while not budget.done():
         p = budget.progress()
         lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
@@ -585,6 +586,12 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
                      for _ in range(accum)]
             stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
         dt = time.perf_counter() - t0
+        compiled_now = cfg.compile and first_step
+        first_step = False
+        if compiled_now:  # the first step of every process compiles: warm-up is not training time
+            budget.local_seconds -= dt
+            budget.seconds = max(0.0, budget.seconds - dt)
+            budget.overhead["compile"] = budget.overhead.get("compile", 0.0) + dt
         m = metrics.reduce(env.device)
         budget.add(steps=1, tokens=m["tokens"])
         step += 1
@@ -605,9 +612,10 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
             continue
         bad_in_row = 0
         flops_total += batch_flops(n_params, m["tokens"], stats.pairs, layers, width) + ref_flops * m["tokens"]
-        window["pairs"] += m["pairs"]
-        window["tokens"] += m["tokens"]
-        window["seconds"] += dt
+        if not compiled_now:
+            window["pairs"] += m["pairs"]
+            window["tokens"] += m["tokens"]
+            window["seconds"] += dt
         last = m
         if step % cfg.log_every == 0 or budget.done() or step == 1:
             sec = max(window["seconds"], 1e-9)
