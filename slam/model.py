@@ -268,20 +268,21 @@ def embed_tokenizer_files(spec: dict, folder: str | Path, root: str | Path | Non
     return out
 
 
-def embed_text_tokenizer(path: str, folder: str | Path, root: str | Path | None = None) -> str:
-    """Copy the HF text tokenizer folder `path` (relative to `root`, default the current folder) into
-    `folder/text_tokenizer` and return that name: interleaved and text models carry their text tokenizer."""
+def embed_text_tokenizer(path: str, folder: str | Path) -> str:
+    """Interleaved / text models carry their HF text tokenizer. A relative `path` already names a folder
+    relative to the model folder (slam.json's convention; "." = the model folder itself) and is kept; an
+    absolute one (e.g. the TWIST base's folder, set at training time) is loaded and re-saved as
+    `folder/text_tokenizer` (tokenizer files only, never the base's weights). Returns the name for slam.json."""
     src = Path(path).expanduser()
-    src = src if src.is_absolute() else (Path(root) if root is not None else Path.cwd()) / src
-    dst = Path(folder) / "text_tokenizer"
-    if src.is_dir():
-        if src.resolve() != dst.resolve():
-            shutil.copytree(src, dst, dirs_exist_ok=True)
-        return dst.name
-    if not dst.is_dir():
-        warnings.warn(f"text tokenizer {str(src)!r} not found: slam.json will name it, but text cannot be "
-                      f"tokenized for this model until the folder is put there", stacklevel=2)
-    return str(path)
+    if not src.is_absolute():
+        return str(path)
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(Path(folder) / "text_tokenizer"))
+    except (OSError, ValueError) as e:
+        raise SlamError(f"text tokenizer {str(src)!r} cannot be loaded to put it in the model folder: {e}") from e
+    return "text_tokenizer"
 
 
 def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
@@ -290,7 +291,7 @@ def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
     atomically: everything goes to a temp sibling that is renamed onto `folder` at the end.
 
     The speech tokenizer's files named by `info.tokenizer` (relative paths read from `tokenizer_root`) are
-    copied in and slam.json names them relative to the folder; so is the text tokenizer folder named by
+    copied in and slam.json names them relative to the folder; so is a text tokenizer named by an absolute
     `info.text_tokenizer` (interleaved / text models); `info` itself is not modified."""
     folder = Path(folder)
     if info.vocab_size != model.config.vocab_size:
@@ -301,8 +302,7 @@ def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
         if info.tokenizer:
             info = dataclasses.replace(info, tokenizer=embed_tokenizer_files(info.tokenizer, tmp, tokenizer_root))
         if info.text_tokenizer:
-            info = dataclasses.replace(info, text_tokenizer=embed_text_tokenizer(info.text_tokenizer, tmp,
-                                                                                 tokenizer_root))
+            info = dataclasses.replace(info, text_tokenizer=embed_text_tokenizer(info.text_tokenizer, tmp))
         # A custom attention name in config.json would make plain `from_pretrained` fail without slam.
         impl = getattr(model.config, "_attn_implementation", None)
         if impl and impl not in ("eager", "sdpa"):
