@@ -317,3 +317,20 @@ def test_stream_needs_interleaved_kind():
 
     with pytest.raises(ConfigError, match="stream"):
         load("slam", ["data.train=[{path: x, stream: speech}]"])
+
+
+def test_relative_text_tokenizer_is_left_as_is(tmp_path, tok, monkeypatch):
+    """slam.json names the text tokenizer relative to the model folder ('.' = the folder itself, as text LMs
+    do): saving must neither copy the working folder nor rename it."""
+    import json
+
+    from slam.model import save_model
+
+    model, info = tiny_interleaved(tok)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big.bin").write_bytes(b"x" * 1000)
+    info.text_tokenizer = "."
+    save_model(model, info, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "slam.json").read_text())["text_tokenizer"] == "."
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "generation_config.json",
+                                                                 "model.safetensors", "slam.json"]
