@@ -117,6 +117,8 @@ def test_resume_after_a_kill_during_a_checkpoint_write_equals_the_uninterrupted_
     train(tiny(units, run, "resume=true"))
     assert not list((run / "checkpoints").glob(".step-4.*"))
     got = losses(run)
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # one trajectory, rewound
     assert sorted(got) == sorted(want)
     for step in want:  # steps 3..6 were recomputed after resuming from step-2
         assert got[step] == pytest.approx(want[step], rel=1e-6, abs=0), step

@@ -222,7 +222,8 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
         budget.load_state_dict(state["budget"])
         train_data.load_state_dict(state["data"])
         flops_total = state.get("flops", 0.0)
-        run.log("event", step, event="resumed", checkpoint=resume_from.name)
+        dropped = run.rewind(step)
+        run.log("event", step, event="resumed", checkpoint=resume_from.name, dropped_metric_lines=dropped)
     elif cfg.resume and env.main:
         print(f"slam train: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
     setup_s = time.perf_counter() - t_setup

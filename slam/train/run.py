@@ -83,6 +83,18 @@ class Run:
                 continue
         return rows
 
+    def rewind(self, step: int) -> int:
+        """On resume: drop the metrics of steps after the checkpoint (they are recomputed), so the file and
+        the plot hold one trajectory. Returns how many lines were dropped."""
+        if not self.main:
+            return 0
+        rows = self.read_metrics()
+        keep = [r for r in rows if r.get("step", 0) <= step]
+        self._metrics.close()
+        atomic_write_text(self.folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
+        self._metrics = open(self.folder / "metrics.jsonl", "a", buffering=1)
+        return len(rows) - len(keep)
+
     def plot(self) -> Path | None:
         """loss.png: train/val loss against steps (left) and theoretical FLOPs (right)."""
         if not self.main:
