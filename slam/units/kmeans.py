@@ -60,7 +60,7 @@ _SAFE = {
     ("joblib.numpy_pickle", "NumpyArrayWrapper"), ("sklearn.externals.joblib.numpy_pickle", "NumpyArrayWrapper"),
 }
 _SAFE_NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar", "__randomstate_ctor", "__bit_generator_ctor",
-               "__generator_ctor", "MT19937", "PCG64", "RandomState", "_frombuffer", "_fromnxfunction"}
+               "__generator_ctor", "MT19937", "PCG64", "RandomState", "_frombuffer"}
 
 
 def _load_pickle_centroids(path: Path) -> np.ndarray:
