@@ -276,12 +276,9 @@ def embed_text_tokenizer(path: str, folder: str | Path) -> str:
     src = Path(path).expanduser()
     if not src.is_absolute():
         return str(path)
-    from transformers import AutoTokenizer
+    from slam.interleave import load_text_tokenizer
 
-    try:
-        AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(Path(folder) / "text_tokenizer"))
-    except (OSError, ValueError) as e:
-        raise SlamError(f"text tokenizer {str(src)!r} cannot be loaded to put it in the model folder: {e}") from e
+    load_text_tokenizer(src).save_pretrained(str(Path(folder) / "text_tokenizer"))
     return "text_tokenizer"
 
 
