@@ -334,3 +334,24 @@ def test_relative_text_tokenizer_is_left_as_is(tmp_path, tok, monkeypatch):
     assert json.loads((tmp_path / "m" / "slam.json").read_text())["text_tokenizer"] == "."
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "generation_config.json",
                                                                  "model.safetensors", "slam.json"]
+
+
+def test_text_tokenizer_from_a_text_lm_folder_keeps_its_own_class(tmp_path):
+    """A slam text LM folder holds config.json (qwen2) and a word-level tokenizer: loading must not turn it
+    into the family's BPE class."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from tokenizers.trainers import WordLevelTrainer
+    from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+    from slam.interleave import load_text_tokenizer
+
+    tk = Tokenizer(WordLevel(unk_token="<unk>"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.train_from_iterator(SENTENCES, WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", unk_token="<unk>").save_pretrained(str(tmp_path))
+    Qwen2Config(vocab_size=64).save_pretrained(str(tmp_path))
+    tok = load_text_tokenizer(tmp_path)
+    assert tok.convert_ids_to_tokens(tok("Ben met Zoe.", add_special_tokens=False)["input_ids"]) == \
+        ["ben", "met", "zoe", "."]
