@@ -14,6 +14,7 @@ from slam.attention import varlen_kwargs
 from slam.prefs import Pair, filter_auto_bleu, load_prefs, prompt_chosen_auto_bleu, read_jsonl_prefs
 from slam.train.dpo import DPOConfig, Metrics, PairLoader, collate, dpo_loss, encode_pairs, make_loss_fn, \
     sequence_logps
+from slam.train.cli import RECIPES
 from slam.train.dpo_cli import load
 
 
@@ -183,6 +184,13 @@ def test_units_dataset_and_jsonl_forms_read_the_same_pairs(tmp_path):
 
 
 # --- the recipe -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(p.stem for p in RECIPES.glob("*-dpo.yaml")))
+def test_every_shipped_dpo_recipe_loads(name):
+    cfg = load(name, [])
+    assert isinstance(cfg, DPOConfig) and cfg.model and cfg.data.train
+    assert cfg.batch.size % cfg.batch.micro == 0
+
+
 def test_shipped_recipe_is_the_papers_dpo_recipe():
     from slam.config import describe
 

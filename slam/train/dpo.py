@@ -544,7 +544,8 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
         budget.load_state_dict(state["budget"])
         loader.load_state_dict(state["data"])
         flops_total = state.get("flops", 0.0)
-        run.log("event", step, event="resumed", checkpoint=resume_from.name)
+        dropped = run.rewind(step)  # metrics after the checkpoint are recomputed: one trajectory in the file
+        run.log("event", step, event="resumed", checkpoint=resume_from.name, dropped_metric_lines=dropped)
     elif cfg.resume and env.main:
         print(f"slam dpo: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
     if env.main and step == 0:
