@@ -158,3 +158,14 @@ def test_cli_fit_and_tokenize_with_hubert(hub, tmp_path):
     for r in rows:
         assert r["units"] == tok.encode(load_audio(r["source"])).tolist()
     assert [r["id"] for r in read_rejects(tmp_path / "u")] == ["short"]
+
+
+def test_batches_sorted_and_capped_by_padded_seconds():
+    enc = HubertFeatures(tiny_hubert(), layer=1, max_batch_seconds=2.0)
+    lengths = [16000, 40000, 9000, 12000, 20000]  # samples; 40000 alone exceeds the 32000 cap
+    batches = enc._batches(lengths, max_items=3)
+    assert sorted(i for b in batches for i in b) == list(range(5))
+    assert batches == [[2, 3], [0], [4], [1]]  # ascending length, len(batch) * longest <= 32000
+    ws = [synth_speechlike(n / 16000, seed=i) for i, n in enumerate(lengths)]
+    for a, b in zip(enc(ws, batch_size=3), [enc([w])[0] for w in ws]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)

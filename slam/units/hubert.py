@@ -28,7 +28,8 @@ stack (receptive field 720, stride 640), as slamkit does; then T = len(wav) // 6
 sample t * 640 + 320, exactly like the mel tokenizer.
 
 Memory: the first conv layer's output ([512, n/5] floats, ~6.6 MB per second of audio) dominates; batches
-are capped by padded seconds (`max_batch_seconds`), and a file longer than the cap runs alone.
+are capped by padded seconds (`max_batch_seconds`: 320 on a GPU, 80 on a CPU), and a file longer than the
+cap runs alone.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class HubertFeatures:
     """Callable: list of 16 kHz float32 waves -> list of [T_i, hidden] float32 tensors (on the device)."""
 
     def __init__(self, model: Any, layer: int = 11, device: str | torch.device | None = None,
-                 compile: bool = False, max_batch_seconds: float = 80.0) -> None:
+                 compile: bool = False, max_batch_seconds: float | None = None) -> None:
         if isinstance(model, (str, Path)):
             model = load_hubert(model, device)
         elif device is not None:
@@ -91,6 +92,9 @@ class HubertFeatures:
         self.pad = max(0, (rf - self.stride) // 2)
         self.sample_rate = 16000
         self.frame_rate = self.sample_rate / self.stride
+        # padded audio per forward: 320 s on a GPU (~2.1 GB for the first conv layer's output), 80 s on a CPU
+        if max_batch_seconds is None:
+            max_batch_seconds = 320.0 if self.device.type == "cuda" else 80.0
         self.max_batch_samples = int(max_batch_seconds * self.sample_rate)
         self._forward = torch.compile(self._forward_impl, dynamic=True) if compile else self._forward_impl
 

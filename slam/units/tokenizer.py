@@ -193,7 +193,7 @@ class Tokenizer:
 
 
 def load_tokenizer(spec: str | dict, root: str | Path | None = None, device: str | torch.device | None = None,
-                   compile: bool = False, max_batch_seconds: float = 80.0) -> Tokenizer:
+                   compile: bool = False, max_batch_seconds: float | None = None) -> Tokenizer:
     """Build a Tokenizer from a spec string or dict (see the module docstring)."""
     root = Path(root) if root is not None else Path.cwd()
     d = parse_spec(spec) if isinstance(spec, str) else dict(spec)
