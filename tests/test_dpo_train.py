@@ -191,3 +191,12 @@ def test_two_gloo_processes_equal_one_process_with_twice_the_accumulation(start,
     assert a[-1]["reward_margin"] > 1e-3  # the last step compares weights that were really updated
     (va,), (vb,) = rows(one, "val"), rows(two, "val")
     assert vb["pairs"] == va["pairs"] == 8 and vb["loss"] == pytest.approx(va["loss"], rel=1e-5)
+
+
+def test_user_errors_are_one_line_and_write_nothing(start, prefs, tmp_path, capsys):
+    assert main(args(tmp_path / "no-model", prefs, tmp_path / "a")) == 2
+    assert "model:" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(args(start, tmp_path / "no-prefs", tmp_path / "b")) == 2
+    assert "data:" in capsys.readouterr().err and not list((tmp_path / "b").glob("checkpoints/*"))
+    assert main(args(start, prefs, tmp_path / "c", "batch.micro=16", "batch.size=16")) == 2  # 8 pairs < 16
+    assert "batch.micro: 8 training pairs are fewer than one micro-batch" in capsys.readouterr().err

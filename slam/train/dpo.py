@@ -477,14 +477,11 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
 
     t_setup = time.perf_counter()
     seed_everything(cfg.seed)
-    if not Path(cfg.model).exists():
-        raise ConfigError(f"model: {cfg.model!r} does not exist (give the pre-trained model folder)")
+    policy, info = load_start_model(cfg, env.device, trainable=True)  # a bad model= fails before any write
     run, resume_from = prepare_run_folder(cfg, env)
     run.write_config(cfg)
     run.write_provenance({"stage": "dpo", "world_size": env.world,
                           "resumed_from": str(resume_from) if resume_from else None})
-
-    policy, info = load_start_model(cfg, env.device, trainable=True)
     max_pos = getattr(policy.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.data.max_length > max_pos:
         raise ConfigError(f"data.max_length: {cfg.data.max_length} exceeds the model's {max_pos} positions")
