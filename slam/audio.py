@@ -34,10 +34,14 @@ EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 MANIFEST_FIELDS = ("text", "speaker", "voice", "words")
 
 
+_STREAMING_PLACEHOLDER = 0x7FFF0000
+
+
 def _check_wav_truncation(path: Path, size: int) -> None:
     """libsndfile silently shortens a WAV whose data chunk runs past the end of the file (a copy cut short);
-    treat that as corrupt rather than training on half an utterance. Streaming writers leave the size 0 or
-    0xFFFFFFFF: those are accepted."""
+    treat that as corrupt rather than training on half an utterance. Streaming writers cannot know the size
+    up front and leave a placeholder: 0, 0xFFFFFFFF, or 0x7FFFF000 (`espeak-ng --stdout`, sox on a pipe).
+    Any declared length >= 0x7FFF0000 (~2 GiB, 18 h of 16 kHz 16-bit mono) is read as such a placeholder."""
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
@@ -47,7 +51,7 @@ def _check_wav_truncation(path: Path, size: int) -> None:
             f.seek(pos)
             chunk, length = struct.unpack("<4sI", f.read(8))
             if chunk == b"data":
-                if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:
+                if 0 < length < _STREAMING_PLACEHOLDER and pos + 8 + length > size:
                     raise AudioError(f"{path}: truncated WAV (data chunk declares {length} bytes, "
                                      f"the file holds {size - pos - 8})")
                 return

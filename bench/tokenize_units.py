@@ -1,7 +1,7 @@
 """x-realtime of `slam tokenize`, end to end (process start, decode, features, k-means, dedup, parquet).
 
-    .venv/bin/python bench/tokenize.py                 # mel: 2160 files (~6 h) + HuBERT-base: 4 files
-    .venv/bin/python bench/tokenize.py --mel-files 100 --hubert-files 0
+    .venv/bin/python bench/tokenize_units.py                 # mel: 2160 files (~6 h) + HuBERT-base: 4 files
+    .venv/bin/python bench/tokenize_units.py --mel-files 100 --hubert-files 0
 
 Corpus: deterministic speech-like 16 kHz wavs (tests/conftest.py's synth_speechlike), 4-16 s each (mean
 10 s, LibriSpeech-like), written to a temp folder (120 distinct files, the rest hard links to them: the same decode work, and like
