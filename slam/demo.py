@@ -26,11 +26,13 @@ recorded in the report, so any step can be repeated by hand:
 Resume: the state of every step is kept in OUT/demo.json. Running the demo again into the same folder skips
 finished steps and resumes an interrupted one through its stage's own resume (synth and tokenize skip the
 utterances done, train and dpo continue from their last checkpoint). `--fresh` deletes the folder's demo
-outputs first. A folder made with other settings (--fast, --minutes, --seed) is refused rather than mixed.
+outputs first. Another `--minutes` reuses the folder's data (text, speech, units, preference pairs) and
+trains, evaluates and generates again; a folder made with other data settings (--fast, --seed) is refused
+rather than mixed.
 
-Budget: `--minutes M` (default 12) is the pre-training time of each speech LM; the text LM gets M/4 before
+Budget: `--minutes M` (default 14) is the pre-training time of each speech LM; the text LM gets M/4 before
 the TWIST model, DPO M/6. On this 2-core machine the rest (synthesis, tokenisation, evaluation of three
-models) takes ~8 minutes, so the default demo takes ~27 minutes (timings per step in the report).
+models) takes ~8 minutes, so the default demo takes ~28 minutes (timings per step in the report).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ STATE = "demo.json"
 MODELS = ("scratch", "twist", "twist-dpo")
 BENCHMARKS = ("grammar", "story", "topic")
 STEPS = ("corpus", "speech", "units", "prefs", "pretrain", "dpo", "eval", "generate", "report")
+# Plan fields that decide the data steps (corpus .. prefs): a folder made with others is never mixed with them.
+# The rest (budgets, recipe overrides) only decide the training: changing them retrains on the same data.
+DATA_FIELDS = {"stories", "pairs", "prefs", "units", "kmeans_frames", "kmeans_files", "prompts", "seed"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class Plan:
     """k of the k-means (the prototype: 200 on 25 Hz log-mel)."""
     kmeans_frames: int
     """Frames sampled to fit the k-means."""
+    kmeans_files: int
+    """Training utterances the k-means frames are drawn from."""
     speech_seconds: float
     """Pre-training budget of each speech LM (scratch and TWIST get the same)."""
     text_seconds: float
@@ -88,19 +95,20 @@ class Plan:
 
 
 def make_plan(minutes: float, fast: bool, seed: int) -> Plan:
+    s = 60.0 * minutes
     if fast:
+        s = minutes * 4 / 7  # seconds, not minutes: 8 s of pre-training at the default 14
         # seconds of everything: checks that every stage runs and every artefact is written, not quality
         tiny = ("model.config.hidden_size=32", "model.config.intermediate_size=64",
                 "model.config.num_hidden_layers=2", "model.config.num_attention_heads=2",
                 "model.config.num_key_value_heads=1", "batch.size=4", "batch.micro=4", "eval.every_steps=5",
                 "eval.batches=2", "log_every=2")
-        return Plan(stories=40, pairs=12, prefs=12, units=16, kmeans_frames=5000, speech_seconds=8.0,
-                    text_seconds=5.0, dpo_seconds=5.0, seed=seed, text_overrides=tiny,
+        return Plan(stories=40, pairs=12, prefs=12, units=16, kmeans_frames=5000, kmeans_files=40,
+                    speech_seconds=s, text_seconds=s / 4, dpo_seconds=s / 6, seed=seed, text_overrides=tiny,
                     speech_overrides=tiny + ("data.context=128",),
                     dpo_overrides=("batch.size=4", "batch.micro=2", "eval.batches=2", "log_every=2"))
-    s = 60.0 * minutes
-    return Plan(stories=8000, pairs=600, prefs=1000, units=200, kmeans_frames=200_000, speech_seconds=s,
-                text_seconds=s / 4, dpo_seconds=s / 6, seed=seed)
+    return Plan(stories=8000, pairs=600, prefs=1000, units=200, kmeans_frames=100_000, kmeans_files=1000,
+                speech_seconds=s, text_seconds=s / 4, dpo_seconds=s / 6, seed=seed)
 
 
 # --- the demo folder and its state ------------------------------------------------------------------------
@@ -127,13 +135,26 @@ class Demo:
                                 f"the demo did not make (choose another --out)")
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        plan = _jsonable(asdict(self.plan))
         if self.state_path.exists():
             self.state = json.loads(self.state_path.read_text())
-            if self.state.get("plan") != _jsonable(asdict(self.plan)):
-                raise SlamError(f"{self.out} holds a demo made with other settings ({_plan_diff(self.state['plan'], asdict(self.plan))}); "
+            old = self.state.get("plan", {})
+            changed = {k for k in set(old) | set(plan) if old.get(k) != plan.get(k)}
+            if changed & DATA_FIELDS:
+                raise SlamError(f"{self.out} holds a demo made with other data settings ({_plan_diff(old, plan)}); "
                                 f"rerun with the same options, add --fresh to start over, or choose another --out")
+            if changed:
+                # other budgets (e.g. --minutes): the text, speech and preference data are reused, the models
+                # are trained again and everything downstream redone
+                print(f"slam demo: {self.out} was made with other budgets ({_plan_diff(old, plan)}); reusing its "
+                      f"data, training again")
+                for name in STEPS[STEPS.index("pretrain"):]:
+                    self.state["steps"].pop(name, None)
+                for sub in ("runs", "logs", "eval", "generate"):
+                    shutil.rmtree(self.out / sub, ignore_errors=True)
+                self.state["plan"] = plan
         else:
-            self.state = {"plan": _jsonable(asdict(self.plan)), "steps": {}}
+            self.state = {"plan": plan, "steps": {}}
         self.state["machine"] = machine()
         self.save()
 
@@ -235,7 +256,15 @@ def step_units(d: Demo) -> None:
     manifest = str(d.p("speech", "train", "manifest.jsonl"))
     km = kmeans_path(d)
     if not km.exists():
-        d.slam("units", ["fit-kmeans", manifest, "--tokenizer", "mel", "--units", str(d.plan.units), "--out",
+        # `slam fit-kmeans` featurises files until it holds --max-frames, an even share of them per file, so
+        # it would decode half of the 8,000 stories; the first KMEANS_FILES stories (~2 h of speech, all 4
+        # voices in turn) hold enough frames and take a tenth of the time.
+        sample = d.p("speech", "train", "kmeans-sample.jsonl")  # beside the manifest: audio paths are relative
+        lines = Path(manifest).read_text().splitlines(keepends=True)[: d.plan.kmeans_files]
+        d._record("units", f"head -n {d.plan.kmeans_files} {shlex.quote(manifest)} > {shlex.quote(str(sample))}", "")
+        sample.parent.mkdir(parents=True, exist_ok=True)
+        sample.write_text("".join(lines))
+        d.slam("units", ["fit-kmeans", str(sample), "--tokenizer", "mel", "--units", str(d.plan.units), "--out",
                          str(km), "--max-frames", str(d.plan.kmeans_frames), "--seed", str(d.plan.seed)])
     d.slam("units", ["tokenize", manifest, "--tokenizer", f"mel:{km}", "--out", str(d.p("units", "train")),
                      "--workers", str(d.workers)])
@@ -471,7 +500,7 @@ TITLES = {
 }
 
 
-def run_demo(out: str | Path, minutes: float = 12.0, fresh: bool = False, fast: bool = False, seed: int = 0,
+def run_demo(out: str | Path, minutes: float = 14.0, fresh: bool = False, fast: bool = False, seed: int = 0,
              workers: int | None = None) -> dict:
     """Run (or resume) the demo into `out`; returns its state (also in OUT/demo.json)."""
     if minutes <= 0:
@@ -512,8 +541,8 @@ def run_demo(out: str | Path, minutes: float = 12.0, fresh: bool = False, fast: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", type=Path, help="output folder (default demo-out)")
-    p.add_argument("--minutes", type=float, default=12.0,
-                   help="pre-training minutes of each speech LM (default 12: the whole demo takes ~30 minutes "
+    p.add_argument("--minutes", type=float, default=14.0,
+                   help="pre-training minutes of each speech LM (default 14: the whole demo takes ~30 minutes "
                         "on a 2-core CPU); the text LM gets a quarter of it, DPO a sixth")
     p.add_argument("--fresh", action="store_true", help="delete the folder's earlier demo outputs and start over")
     p.add_argument("--fast", action="store_true",

@@ -412,6 +412,8 @@ def write_report(out: str | Path) -> tuple[Path, Path]:
     page = out / "report.html"
     atomic_write_text(md, render_md(data, loss_png, acc_png))
     atomic_write_text(page, render_html(data, out, loss_png, acc_png))
+    for f in (md, page):  # atomic writes come from mkstemp (0600): a report is meant to be shared
+        f.chmod(0o644)
     return md, page
 
 

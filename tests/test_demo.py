@@ -21,13 +21,20 @@ from slam.errors import MissingDependencyError, SlamError
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def fast_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
+def test_fast_demo_end_to_end(tmp_path, capsys):
+    """One fast demo, then checks in order (one test, so that xdist never runs the demo twice): every step
+    and command, the models and results, the report files, a rerun after an interruption, a refused mix of
+    settings, and a retrain with another budget on the same data."""
+    out = tmp_path / "out"
     t0 = time.perf_counter()
-    code = main(["demo", "--out", str(out), "--fast"])
-    assert code == 0
-    return out, time.perf_counter() - t0
+    assert main(["demo", "--out", str(out), "--fast"]) == 0
+    fast_demo = (out, time.perf_counter() - t0)
+    check_steps_and_commands(fast_demo)
+    check_models_results_and_audio(fast_demo)
+    check_report_artefacts(fast_demo)
+    check_rerun_reuses_finished_steps(fast_demo, capsys)
+    check_other_data_settings_are_refused(fast_demo, capsys)
+    check_other_minutes_retrain_on_the_same_data(fast_demo, capsys)
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -36,7 +43,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_every_step_ran_and_recorded_its_commands(fast_demo):
+def check_steps_and_commands(fast_demo):
     out, _ = fast_demo
     state = json.loads((out / "demo.json").read_text())
     assert [k for k in demo.STEPS if state["steps"].get(k, {}).get("status") == "done"] == list(demo.STEPS)
@@ -50,6 +57,9 @@ def test_every_step_ran_and_recorded_its_commands(fast_demo):
             argv = shlex.split(c["command"])
             while "=" in argv[0] and not argv[0].startswith("slam"):  # OMP_NUM_THREADS=1 prefix
                 argv = argv[1:]
+            if argv[0] == "head":  # the k-means fitting sample: the first N lines of the training manifest
+                assert argv[1] == "-n" and argv[4] == ">"
+                continue
             if argv[0] == "python":
                 assert argv[1:3] in (["-m", "slam.textlm"], ["-m", "slam.report"])
                 continue
@@ -67,9 +77,9 @@ def test_every_step_ran_and_recorded_its_commands(fast_demo):
     assert sum(c["command"].startswith("OMP_NUM_THREADS") for c in state["steps"]["pretrain"]["commands"]) == 3
 
 
-def test_models_results_and_audio_are_well_formed(fast_demo):
+def check_models_results_and_audio(fast_demo):
     out, _ = fast_demo
-    plan = demo.make_plan(12, fast=True, seed=0)
+    plan = demo.make_plan(14, fast=True, seed=0)
     for m in demo.MODELS:
         folder = out / "runs" / m / "final"
         assert (folder / "model.safetensors").exists() and (folder / "slam.json").exists()
@@ -96,7 +106,7 @@ def test_models_results_and_audio_are_well_formed(fast_demo):
             assert len(rec["units"]) > 0
 
 
-def test_report_artefacts_exist_and_are_well_formed(fast_demo):
+def check_report_artefacts(fast_demo):
     out, _ = fast_demo
     w, h = _png_size(out / "loss_curves.png")
     assert w > 600 and h > 200
@@ -131,7 +141,7 @@ def test_report_artefacts_exist_and_are_well_formed(fast_demo):
     assert sr == 16000 and len(wav) > 0
 
 
-def test_rerun_reuses_finished_steps_and_redoes_an_interrupted_one(fast_demo, capsys):
+def check_rerun_reuses_finished_steps(fast_demo, capsys):
     out, first_seconds = fast_demo
     evals = {m: (out / "eval" / f"{m}.json").stat().st_mtime_ns for m in demo.MODELS}
     final = (out / "runs" / "scratch" / "final" / "model.safetensors").stat().st_mtime_ns
@@ -158,11 +168,33 @@ def test_rerun_reuses_finished_steps_and_redoes_an_interrupted_one(fast_demo, ca
     assert took < first_seconds
 
 
-def test_a_folder_made_with_other_settings_is_refused(fast_demo, capsys):
+def check_other_data_settings_are_refused(fast_demo, capsys):
     out, _ = fast_demo
+    capsys.readouterr()
     assert main(["demo", "--out", str(out), "--fast", "--seed", "1"]) == 2
     err = capsys.readouterr().err
-    assert "other settings" in err and "--fresh" in err and "seed" in err
+    assert "other data settings" in err and "--fresh" in err and "seed" in err
+
+
+def check_other_minutes_retrain_on_the_same_data(fast_demo, capsys):
+    out, _ = fast_demo
+    units = (out / "units" / "train" / "meta.json").stat().st_mtime_ns
+    old_model = (out / "runs" / "twist" / "final" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), "--fast", "--minutes", "7"]) == 0
+    log = capsys.readouterr().out
+    state = json.loads((out / "demo.json").read_text())
+    assert state["plan"]["speech_seconds"] == 4.0
+    for step in ("corpus", "speech", "units", "prefs"):
+        assert state["steps"][step]["reused"] is True
+    for step in ("pretrain", "dpo", "eval", "generate", "report"):
+        assert state["steps"][step]["status"] == "done" and not state["steps"][step].get("reused")
+    assert (out / "units" / "train" / "meta.json").stat().st_mtime_ns == units
+    import yaml
+
+    assert yaml.safe_load((out / "runs" / "twist" / "config.yaml").read_text())["budget"]["time"] == "4s"
+    assert (out / "runs" / "twist" / "final" / "model.safetensors").read_bytes() != old_model
+    assert "$ slam synth" not in log and "reusing its data, training again" in log
 
 
 def test_fresh_refuses_a_folder_the_demo_did_not_make(tmp_path):
@@ -220,5 +252,6 @@ def test_demo_recipes_load_and_share_one_model_shape():
 def test_plan_budgets_follow_minutes():
     p = demo.make_plan(12, fast=False, seed=0)
     assert (p.speech_seconds, p.text_seconds, p.dpo_seconds) == (720, 180, 120)
+    assert demo.make_plan(14, fast=True, seed=0).speech_seconds == 8
     with pytest.raises(SlamError, match="positive"):
         demo.run_demo("unused", minutes=0)
