@@ -631,7 +631,7 @@ def _units_of(files: Sequence[Path], speech_tokenizer: Any, dedup: bool, cache_d
 
 def cross_modal_cloze(model: Any, info: SlamInfo, text_tokenizer: Any, speech_tokenizer: Any,
                       pairs: str | Path, work: str | Path, *, n: int | None = None, voices: list[str] | None = None,
-                      cache_dir: str | Path | None = None, batch_tokens: int = 16384, score: str = "mean",
+                      cache_dir: str | Path | None = None, batch_tokens: int | None = None, score: str = "mean",
                       progress: bool = True) -> dict[str, Any]:
     """Story cloze across modalities from a text pairs.jsonl (the built-in corpus' bench/story or topic):
 
