@@ -181,6 +181,8 @@ def main() -> None:
         added = max(r["peak_rss_mb"] - r["rss_before_mb"] for r in rs)
         runs_text = ", ".join(format(r["tok_s"], ",.0f") for r in rs)
         print(f"{label:<34} {med[name]:>24,.0f} {runs_text:>28} {peak:>12,.0f} {added:>13,.0f}")
+    pairs = [a["tok_s"] / b["tok_s"] for a, b in zip(results["slam"], results["trainer"])]
+    print("per interleaved pair (slam / Trainer): " + ", ".join(f"{r:.2f}x" for r in pairs))
     print(f"\nslam train / Trainer tokens/s: {med['slam'] / med['trainer']:.2f}x (median of {args.repeats} "
           f"interleaved runs each, {args.steps - args.warmup} timed steps of ~{MICRO * ACCUM * CONTEXT} tokens at "
           f"context {CONTEXT}; "
