@@ -1,8 +1,7 @@
 """Pair-scoring throughput: batched (sorted by length, padded, attention mask) vs one pair at a time.
 
-    .venv/bin/python -P bench/eval.py [--pairs 64] [--rounds 3] [--hidden 256 --layers 4]
+    .venv/bin/python bench/eval.py [--pairs 64] [--rounds 3] [--hidden 256 --layers 4]
 
-(-P keeps bench/ off sys.path: bench/tokenize.py would shadow the standard library module.)
 Same model, same sequences, same process; the two ways alternate in each round (baseline first, then
 batched, then the order is swapped) so that load from other processes hits both alike. Sequences are random
 units with sBLIMP-like lengths (2-3 s of speech at ~20 units/s: 40-60 tokens) and sSC-like lengths (10-20 s:

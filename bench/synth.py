@@ -23,9 +23,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/ holds tokenize.py, which would shadow the standard library's tokenize (imported by logging, via
-# concurrent.futures): drop the script's folder from the path before anything else is imported
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import argparse
 import io
