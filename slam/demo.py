@@ -29,9 +29,10 @@ outputs first. Another `--minutes` reuses the folder's data (text, speech, units
 trains, evaluates and generates again; a folder made with other data settings (--fast, --seed) is refused
 rather than mixed.
 
-Budget: `--minutes M` (default 12) is the pre-training time of each speech LM; the text LM gets M/4 before
-the TWIST model, DPO M/6. On this 2-core machine the rest (synthesis, tokenisation, evaluation of three
-models) takes ~8 minutes, so the default demo takes ~26 minutes (timings per step in the report).
+Budget: `--minutes M` (default 16) is the pre-training time of each speech LM; the text LM gets M/4 before
+the TWIST model, DPO M/6. On this 2-core machine the rest takes ~5 minutes (text, speech, units and
+preference pairs ~2, evaluation of three models ~3), so the default demo takes ~28 minutes (timings per
+step in the report).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class Plan:
 def make_plan(minutes: float, fast: bool, seed: int) -> Plan:
     s = 60.0 * minutes
     if fast:
-        s = minutes * 2 / 3  # seconds, not minutes: 8 s of pre-training at the default 12
+        s = minutes / 2  # seconds, not minutes: 8 s of pre-training at the default 16
         # seconds of everything: checks that every stage runs and every artefact is written, not quality
         tiny = ("model.config.hidden_size=32", "model.config.intermediate_size=64",
                 "model.config.num_hidden_layers=2", "model.config.num_attention_heads=2",
@@ -506,7 +507,7 @@ TITLES = {
 }
 
 
-def run_demo(out: str | Path, minutes: float = 12.0, fresh: bool = False, fast: bool = False, seed: int = 0,
+def run_demo(out: str | Path, minutes: float = 16.0, fresh: bool = False, fast: bool = False, seed: int = 0,
              workers: int | None = None) -> dict:
     """Run (or resume) the demo into `out`; returns its state (also in OUT/demo.json)."""
     if minutes <= 0:
@@ -547,8 +548,8 @@ def run_demo(out: str | Path, minutes: float = 12.0, fresh: bool = False, fast: 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo-out", type=Path, help="output folder (default demo-out)")
-    p.add_argument("--minutes", type=float, default=12.0,
-                   help="pre-training minutes of each speech LM (default 12: the whole demo takes ~30 minutes "
+    p.add_argument("--minutes", type=float, default=16.0,
+                   help="pre-training minutes of each speech LM (default 16: the whole demo takes ~30 minutes "
                         "on a 2-core CPU); the text LM gets a quarter of it, DPO a sixth")
     p.add_argument("--fresh", action="store_true", help="delete the folder's earlier demo outputs and start over")
     p.add_argument("--fast", action="store_true",

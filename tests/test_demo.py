@@ -79,7 +79,7 @@ def check_steps_and_commands(fast_demo):
 
 def check_models_results_and_audio(fast_demo):
     out, _ = fast_demo
-    plan = demo.make_plan(12, fast=True, seed=0)
+    plan = demo.make_plan(16, fast=True, seed=0)
     for m in demo.MODELS:
         folder = out / "runs" / m / "final"
         assert (folder / "model.safetensors").exists() and (folder / "slam.json").exists()
@@ -181,7 +181,7 @@ def check_other_minutes_retrain_on_the_same_data(fast_demo, capsys):
     units = (out / "units" / "train" / "meta.json").stat().st_mtime_ns
     old_model = (out / "runs" / "twist" / "final" / "model.safetensors").read_bytes()
     capsys.readouterr()
-    assert main(["demo", "--out", str(out), "--fast", "--minutes", "6"]) == 0
+    assert main(["demo", "--out", str(out), "--fast", "--minutes", "8"]) == 0
     log = capsys.readouterr().out
     state = json.loads((out / "demo.json").read_text())
     assert state["plan"]["speech_seconds"] == 4.0
@@ -252,6 +252,6 @@ def test_demo_recipes_load_and_share_one_model_shape():
 def test_plan_budgets_follow_minutes():
     p = demo.make_plan(12, fast=False, seed=0)
     assert (p.speech_seconds, p.text_seconds, p.dpo_seconds) == (720, 180, 120)
-    assert demo.make_plan(12, fast=True, seed=0).speech_seconds == 8
+    assert demo.make_plan(16, fast=True, seed=0).speech_seconds == 8
     with pytest.raises(SlamError, match="positive"):
         demo.run_demo("unused", minutes=0)
