@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, content hashes, provenance, timing strings."""
+"""Small shared helpers: atomic file writes, content hashes, provenance, timing strings, length batching."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from slam.errors import SlamError
 
@@ -154,3 +154,22 @@ def require_path(path: str | Path, what: str) -> Path:
     if not p.exists():
         raise SlamError(f"{what} {str(p)!r} does not exist")
     return p
+
+
+def length_batches(lengths: Sequence[int], max_items: int, max_padded: int,
+                   longest_first: bool = False) -> list[list[int]]:
+    """Indices sorted by length (ties by index; shortest first, or longest first), cut in that order into
+    batches of at most `max_items` whose padded size (items x longest length) stays within `max_padded`; an
+    item longer than that gets a batch of its own. Sorting keeps the padding small."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i] if longest_first else lengths[i], i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = max(lengths[cur[0]], lengths[i]) if cur else lengths[i]  # sorted: the longest is an end
+        if cur and (len(cur) >= max_items or (len(cur) + 1) * width > max_padded):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out

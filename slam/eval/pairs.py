@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from slam.errors import SlamError
 from slam.tokens import SlamInfo
-from slam.utils import sha256_bytes, sha256_file
+from slam.utils import length_batches, sha256_bytes, sha256_file
 
 LAYOUTS = ("zerospeech-lexical", "zerospeech-syntactic", "storycloze", "pairs.jsonl")
 EXPECTED = ("expected one of: a ZeroSpeech 2021 lexical|syntactic/{dev,test} folder with gold.csv and its wavs; "
@@ -274,20 +274,6 @@ def tokenize_files(files: Sequence[Path], tokenizer: Any, cache_dir: str | Path 
 
 
 # --- scoring ------------------------------------------------------------------------------------------------
-def _batches(lengths: Sequence[int], batch_tokens: int, max_batch: int) -> list[list[int]]:
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out, cur = [], []
-    for i in order:  # longest first: the first item of a batch sets its padded width
-        width = lengths[cur[0]] if cur else lengths[i]
-        if cur and ((len(cur) + 1) * width > batch_tokens or len(cur) >= max_batch):
-            out.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        out.append(cur)
-    return out
-
-
 @torch.inference_mode()
 def score_sequences(model: Any, sequences: Sequence[Sequence[int]], reduction: str = "mean",
                     batch_tokens: int | None = None, max_batch: int = 256, pad_id: int = 0,
@@ -309,7 +295,10 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], reduction: s
     lengths = [len(s) for s in sequences]
     if min(lengths, default=2) < 2:
         raise SlamError("every sequence needs at least 2 tokens to be scored")
-    batches = [[i] for i in range(len(sequences))] if batch_tokens <= 0 else _batches(lengths, batch_tokens, max_batch)
+    if batch_tokens <= 0:
+        batches = [[i] for i in range(len(sequences))]
+    else:  # longest first: a batch's padded width is its first sequence's length
+        batches = length_batches(lengths, max_batch, batch_tokens, longest_first=True)
     out = np.zeros(len(sequences), dtype=np.float64)
     bar = tqdm(total=sum(lengths), unit="tok", unit_scale=True, desc="scoring", disable=not progress)
     for idx in batches:

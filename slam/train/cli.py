@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TypeVar
 
 from slam.config import describe, load_config
 from slam.errors import ConfigError
 from slam.train.config import TrainConfig
+
+C = TypeVar("C")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -32,33 +35,58 @@ def resolve_recipe(recipe: str) -> tuple[Path, list[str]]:
     return p, []
 
 
-def load(recipe: str, overrides: list[str]) -> TrainConfig:
+def load_recipe(config_cls: type[C], recipe: str, overrides: list[str]) -> C:
     path, implied = resolve_recipe(recipe)
-    return load_config(TrainConfig, path, implied + list(overrides))
+    return load_config(config_cls, path, implied + list(overrides))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", nargs="?", help="recipe YAML, shipped recipe name, or a run folder to resume")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=5e-4 budget.time=90m")
+def load(recipe: str, overrides: list[str]) -> TrainConfig:
+    return load_recipe(TrainConfig, recipe, overrides)
+
+
+# --- shared with `slam dpo` (slam/train/dpo_cli.py) ---------------------------------------------------------
+def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
+    """RECIPE [key=value ...] plus --keys and --check."""
+    parser.add_argument("recipe", nargs="?", help=recipe_help)
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
     parser.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
     parser.add_argument("--check", action="store_true", help="load and validate the recipe, print it, do not train")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.keys:
-        for key, default, doc in describe(TrainConfig):
-            print(f"{key} = {default}\n    {' '.join(doc.split())}")
-        return 0
+def print_keys(config_cls: type) -> int:
+    """`--keys`: every recipe key with its default and meaning."""
+    for key, default, doc in describe(config_cls):
+        print(f"{key} = {default}\n    {' '.join(doc.split())}")
+    return 0
+
+
+def recipe_or_check(args: argparse.Namespace, config_cls: type[C], missing: str) -> C | None:
+    """The validated recipe of `args` (ConfigError `missing` without one); None when `--check` only asked to
+    print it (done here)."""
     if not args.recipe:
-        raise ConfigError("recipe: give a recipe YAML (or a shipped name: slam, slam-scaled, twist-original, "
-                          "tiny-cpu)")
-    cfg = load(args.recipe, args.overrides)
+        raise ConfigError(missing)
+    cfg = load_recipe(config_cls, args.recipe, args.overrides)
     if args.check:
         import yaml
 
         from slam.config import to_dict
 
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return None
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser, "recipe YAML, shipped recipe name, or a run folder to resume",
+                         "dotted key=value overrides, e.g. optim.lr=5e-4 budget.time=90m")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.keys:
+        return print_keys(TrainConfig)
+    cfg = recipe_or_check(args, TrainConfig, "recipe: give a recipe YAML (or a shipped name: slam, slam-scaled, "
+                                             "twist-original, tiny-cpu)")
+    if cfg is None:
         return 0
     from slam.train.loop import train
 

@@ -19,9 +19,10 @@ the FlashAttention-2 varlen kernel on GPU, one SDPA call per sequence on CPU).
 
 Everything that is not DPO-specific comes from slam.train: the budget (progress p drives the LR, so the
 inverse-sqrt decay ends with the budget), schedule, optimiser, checkpoints (resume continues bit for bit),
-run folder, DDP/FSDP, and `train_step` (accumulation, one all-reduce, clip, non-finite guard). train_step
-divides the gradients by the global count the loss returns, here the number of pairs, so a step's gradient
-is the mean over its 64 pairs however they fall into micro-batches and ranks.
+run folder, DDP/FSDP, `train_step` (accumulation, one all-reduce, clip, non-finite guard) and the loop's
+bookkeeping in slam.train.loop (Cadence, recover_non_finite, resume_state, save_checkpoint, log_done).
+train_step divides the gradients by the global count the loss returns, here the number of pairs, so a step's
+gradient is the mean over its 64 pairs however they fall into micro-batches and ranks.
 
     from slam.train.dpo import dpo, dpo_loss
     final = dpo(load_config(DPOConfig, "slam/recipes/slam-dpo.yaml", ["model=runs/slam/final"]))
@@ -48,9 +49,10 @@ from slam.train.budget import Budget
 from slam.train.config import Budget as BudgetConfig
 from slam.train.config import Checkpoint, Dist, Eval, Optim, Schedule
 from slam.train.flops import attention_width, batch_flops
-from slam.train.loop import autocast, prepare_run_folder, seed_everything, train_step
-from slam.train.optim import build_optimizer, set_lr
-from slam.train.schedule import lr_at
+from slam.train.loop import (Cadence, accumulation, advance, autocast, discount_compile, eta_text, log_done,
+                             overhead_text, plain_model, prepare_run_folder, progress_bar, recover_non_finite,
+                             resume_state, save_checkpoint, seed_everything, step_lr, train_step)
+from slam.train.optim import build_optimizer
 from slam.utils import format_duration
 
 
@@ -524,10 +526,7 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     model = dist.wrap(policy, cfg.dist.strategy, env)
     optimizer = build_optimizer(model, cfg.optim)
     budget = Budget.from_config(cfg.budget)
-    accum = cfg.batch.size // (cfg.batch.micro * env.world)
-    if accum * cfg.batch.micro * env.world != cfg.batch.size:
-        raise ConfigError(f"batch.size: {cfg.batch.size} pairs is not a multiple of batch.micro {cfg.batch.micro} "
-                          f"x {env.world} processes")
+    accum = accumulation(cfg, env, " pairs")
     loader = PairLoader(train_idx, cfg.batch.micro, cfg.seed, env.rank, env.world, fingerprint=pairs.fingerprint())
     metrics = Metrics()
     loss_fn = make_loss_fn(reference, cfg.dpo.beta, metrics)
@@ -536,24 +535,12 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     step = 0
     flops_total = 0.0
     if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, env)
-        step = state["step"]
-        budget.load_state_dict(state["budget"])
-        loader.load_state_dict(state["data"])
-        flops_total = state.get("flops", 0.0)
-        dropped = run.rewind(step)  # metrics after the checkpoint are recomputed: one trajectory in the file
-        run.log("event", step, event="resumed", checkpoint=resume_from.name, dropped_metric_lines=dropped)
+        step, flops_total = resume_state(resume_from, model, optimizer, budget, loader, run, env)
     elif cfg.resume and env.main:
         print(f"slam dpo: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
     if env.main and step == 0:
         run.log("event", 0, event="data", **counts)
     setup_s = time.perf_counter() - t_setup
-
-    def save_checkpoint() -> Path:
-        with budget.overhead_of("checkpoint"):
-            return checkpoint.save(run.checkpoints, step, model, optimizer,
-                                   {"budget": budget.state_dict(), "data": loader.state_dict(), "flops": flops_total,
-                                    "lr_peak": cfg.optim.lr}, env, keep_last=cfg.checkpoint.keep_last)
 
     def validate() -> dict[str, float] | None:
         if len(val_idx) < env.world:
@@ -565,18 +552,15 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
         return v
 
     last_good = checkpoint.latest(run.checkpoints)
-    last_ckpt_seconds = budget.seconds
+    cadence = Cadence(cfg, budget)
     bad_in_row = 0
     window = {"pairs": 0, "tokens": 0, "seconds": 0.0}
-    bar = tqdm(total=100.0, disable=not env.main, dynamic_ncols=True, initial=round(100 * budget.progress(), 2),
-               bar_format="{percentage:5.1f}%|{bar:16}| {desc}")
+    bar = progress_bar(budget, env)
     model.train()
     last: dict[str, float] = {}
     first_step = True
     while not budget.done():
-        p = budget.progress()
-        lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
-        set_lr(optimizer, lr, p)
+        lr = step_lr(cfg, optimizer, budget, step)
         metrics.reset()
         t0 = time.perf_counter()
         with budget.step():  # batching is part of a step's time, as in pre-training
@@ -587,26 +571,13 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
         compiled_now = cfg.compile and first_step
         first_step = False
         if compiled_now:  # the first step of every process compiles: warm-up is not training time
-            budget.local_seconds -= dt
-            budget.seconds = max(0.0, budget.seconds - dt)
-            budget.overhead["compile"] = budget.overhead.get("compile", 0.0) + dt
+            discount_compile(budget, dt)
         m = metrics.reduce(env.device)
         budget.add(steps=1, tokens=m["tokens"])
         step += 1
         if not stats.finite:
-            bad_in_row += 1
-            restored = None
-            with budget.overhead_of("restore"):
-                if last_good is not None:
-                    checkpoint.load(last_good, model, optimizer, env, restore_rng=False)
-                    restored = last_good.name
-            run.log("event", step, event="non_finite", loss=stats.loss, grad_norm=stats.grad_norm, restored=restored)
-            if env.main:
-                tqdm.write(f"slam dpo: step {step}: non-finite loss/grad ({stats.loss}, {stats.grad_norm}); skipped "
-                           f"the batch{', restored ' + restored if restored else ''}")
-            if bad_in_row > cfg.max_bad_steps:
-                raise SlamError(f"{bad_in_row} non-finite steps in a row at step {step}; lower optim.lr or check "
-                                f"the data (max_bad_steps={cfg.max_bad_steps})")
+            bad_in_row = recover_non_finite(stats, step, bad_in_row, last_good, model, optimizer, budget, run, env,
+                                            cfg.max_bad_steps, "slam dpo")
             continue
         bad_in_row = 0
         flops_total += batch_flops(n_params, m["tokens"], stats.pairs, layers, width) + ref_flops * m["tokens"]
@@ -622,25 +593,21 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
                     reward_margin=m["reward_margin"], lr=lr, grad_norm=stats.grad_norm, pairs=m["pairs"],
                     tokens=budget.tokens, pairs_per_s=window["pairs"] / sec, tok_per_s=window["tokens"] / sec,
                     flops=flops_total, progress=budget.progress(), train_hours=budget.seconds / 3600)
-            eta = budget.eta_seconds()
             bar.set_description_str(
                 f"step {step} | loss {stats.loss:.4f} | acc {m['reward_accuracy']:.2f} | margin "
-                f"{m['reward_margin']:+.3f} | lr {lr:.2e} | {window['pairs'] / sec:.1f} pairs/s"
-                + (f" | ETA {format_duration(eta)}" if eta is not None else ""), refresh=False)
+                f"{m['reward_margin']:+.3f} | lr {lr:.2e} | {window['pairs'] / sec:.1f} pairs/s" + eta_text(budget),
+                refresh=False)
             window = {"pairs": 0, "tokens": 0, "seconds": 0.0}
-        bar.update(round(100 * budget.progress(), 2) - bar.n)
-        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not budget.done():
+        advance(bar, budget)
+        if cadence.eval_due(step):
             validate()
-        due_steps = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
-        due_time = (cfg.checkpoint.every_minutes
-                    and budget.seconds - last_ckpt_seconds >= 60 * cfg.checkpoint.every_minutes)
-        if (due_steps or due_time) and not budget.done():
-            last_good = save_checkpoint()
-            last_ckpt_seconds = budget.seconds
+        if cadence.checkpoint_due(step):
+            last_good = save_checkpoint(run, step, model, optimizer, budget, loader, flops_total, cfg, env)
+            cadence.checkpointed()
     bar.close()
 
     val = validate()
-    last_good = save_checkpoint()
+    last_good = save_checkpoint(run, step, model, optimizer, budget, loader, flops_total, cfg, env)
     start_extra = dict(info.extra)
     info.extra = {**{k: v for k, v in start_extra.items() if k != "train"}, "pretrain": start_extra.get("train"),
                   "dpo": {"start_model": str(cfg.model), "beta": cfg.dpo.beta, "pairs": counts["train_pairs"],
@@ -649,11 +616,9 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
                            "train_seconds": round(budget.seconds, 1)}
     with budget.overhead_of("final"):
         final = save_final(model, info, run.final, env, tokenizer_root=cfg.model)
-    run.log("event", step, event="done", train_seconds=budget.seconds, overhead=budget.overhead,
-            setup_seconds=setup_s, flops=flops_total, tokens=budget.tokens, val=val)
-    run.plot()
+    log_done(run, step, budget, setup_s, flops_total, val=val)
     if env.main:
-        over = ", ".join(f"{k} {format_duration(v)}" for k, v in sorted(budget.overhead.items()))
+        over = overhead_text(budget)
         val_txt = "no validation pairs"
         if val:
             val_txt = (f"validation on {val['pairs']} pairs: loss {val['loss']:.4f}, reward accuracy "
@@ -676,14 +641,8 @@ def save_final(model: nn.Module, info: Any, folder: Path, env: dist.Env, tokeniz
     """`final/`, a model folder; the speech tokenizer files are copied from the starting model's folder."""
     from slam.model import save_model
 
-    full = dist.model_state(model)  # a collective under FSDP
-    if env.main:
-        bare = dist.unwrap(model)
-        if dist.is_fsdp(model):  # sharded parameters: a plain CPU copy to write
-            from transformers import AutoModelForCausalLM
-
-            bare = AutoModelForCausalLM.from_config(bare.config)
-            bare.load_state_dict(full)
+    bare = plain_model(model, env)
+    if bare is not None:
         save_model(bare, info, folder, tokenizer_root=tokenizer_root)
     dist.barrier()
     return folder

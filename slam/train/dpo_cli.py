@@ -19,23 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 
-from slam.config import describe, load_config
 from slam.errors import ConfigError
+from slam.train.cli import add_recipe_arguments, load_recipe, print_keys, recipe_or_check
 from slam.train.dpo import DPOConfig
 
 
 def load(recipe: str, overrides: list[str]) -> DPOConfig:
-    from slam.train.cli import resolve_recipe
-
-    path, implied = resolve_recipe(recipe)
-    return load_config(DPOConfig, path, implied + list(overrides))
+    return load_recipe(DPOConfig, recipe, overrides)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", nargs="?", help="recipe YAML, shipped recipe name (slam-dpo), or a run folder")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model=runs/slam/final")
-    parser.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
-    parser.add_argument("--check", action="store_true", help="load and validate the recipe, print it, do not train")
+    add_recipe_arguments(parser, "recipe YAML, shipped recipe name (slam-dpo), or a run folder",
+                         "dotted key=value overrides, e.g. model=runs/slam/final")
     g = parser.add_argument_group("building preference data (instead of training)")
     g.add_argument("--build-prefs", metavar="TEXT_JSONL", default=None,
                    help="text triples (id, prompt, chosen, rejected) to speak and tokenise into OUT/units")
@@ -74,22 +69,14 @@ def build(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.keys:
-        for key, default, doc in describe(DPOConfig):
-            print(f"{key} = {default}\n    {' '.join(doc.split())}")
-        return 0
+        return print_keys(DPOConfig)
     if args.build_prefs:
         if args.recipe:
             raise ConfigError("--build-prefs builds data only; run training as a separate `slam dpo RECIPE`")
         return build(args)
-    if not args.recipe:
-        raise ConfigError("recipe: give a recipe YAML (or the shipped name slam-dpo), or --build-prefs")
-    cfg = load(args.recipe, args.overrides)
-    if args.check:
-        import yaml
-
-        from slam.config import to_dict
-
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    cfg = recipe_or_check(args, DPOConfig, "recipe: give a recipe YAML (or the shipped name slam-dpo), or "
+                                           "--build-prefs")
+    if cfg is None:
         return 0
     from slam.train.dpo import dpo
 

@@ -4,7 +4,9 @@ Reads top to bottom: set up (process group, run folder, model, data, optimiser, 
 loop { LR from budget progress -> accumulate micro-batches -> one all-reduce -> clip -> step -> log /
 validate / checkpoint } until the budget is spent, then write `final/`. The pieces (Budget, lr_at,
 build_optimizer, checkpoint.save/load, dist, Run) are small modules of their own so that the DPO stage and
-interleaved training reuse them; `train_step` and `evaluate` below are reusable too.
+interleaved training reuse them; `train_step` and `evaluate` below are reusable too, and so is the loop's
+bookkeeping that slam/train/dpo.py repeats step for step (Cadence: is a validation / checkpoint due;
+recover_non_finite; resume_state, save_checkpoint, log_done, the progress bar).
 
 Loss normalisation: every micro-batch's backward runs on its summed token loss; after accumulation the
 gradients are scaled by world / (tokens of the whole step on all ranks). That is the exact token-weighted
@@ -158,6 +160,122 @@ def evaluate(model: nn.Module, batches: Iterator[dict], loss_fn: Callable, env: 
     return (float(t[0] / t[1]) if t[1] > 0 else float("nan")), int(t[1])
 
 
+# --- pieces shared with the DPO loop (slam/train/dpo.py) -----------------------------------------------------
+def accumulation(cfg: Any, env: dist.Env, unit: str = "") -> int:
+    """Micro-batches per process per optimiser step: batch.size / (batch.micro x processes), which must divide.
+    `unit` names what batch.size counts in the error (" pairs" for DPO)."""
+    accum = cfg.batch.size // (cfg.batch.micro * env.world)
+    if accum * cfg.batch.micro * env.world != cfg.batch.size:
+        raise ConfigError(f"batch.size: {cfg.batch.size}{unit} is not a multiple of batch.micro {cfg.batch.micro} x "
+                          f"{env.world} processes")
+    return accum
+
+
+def progress_bar(budget: Budget, env: dist.Env) -> tqdm:
+    """Percent of the budget spent, with a one-line description the loop fills in."""
+    return tqdm(total=100.0, disable=not env.main, dynamic_ncols=True, initial=round(100 * budget.progress(), 2),
+                bar_format="{percentage:5.1f}%|{bar:16}| {desc}")
+
+
+def advance(bar: tqdm, budget: Budget) -> None:
+    bar.update(round(100 * budget.progress(), 2) - bar.n)
+
+
+def eta_text(budget: Budget) -> str:
+    eta = budget.eta_seconds()
+    return f" | ETA {format_duration(eta)}" if eta is not None else ""
+
+
+def overhead_text(budget: Budget) -> str:
+    return ", ".join(f"{k} {format_duration(v)}" for k, v in sorted(budget.overhead.items()))
+
+
+def step_lr(cfg: Any, optimizer: Any, budget: Budget, step: int) -> float:
+    """Set and return this step's LR: the schedule follows budget progress, so its decay ends with the budget."""
+    p = budget.progress()
+    lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
+    set_lr(optimizer, lr, p)
+    return lr
+
+
+def discount_compile(budget: Budget, dt: float) -> None:
+    """A step that compiled: its warm-up is not training time but overhead."""
+    budget.local_seconds -= dt
+    budget.seconds = max(0.0, budget.seconds - dt)
+    budget.overhead["compile"] = budget.overhead.get("compile", 0.0) + dt
+
+
+def resume_state(resume_from: Path, model: nn.Module, optimizer: Any, budget: Budget, data: Any, run: Run,
+                 env: dist.Env) -> tuple[int, float]:
+    """Load a checkpoint into model, optimiser, budget and data position; drop the metrics written after it
+    (they are recomputed: one trajectory in the file). Returns (step, FLOPs so far)."""
+    state = checkpoint.load(resume_from, model, optimizer, env)
+    step = state["step"]
+    budget.load_state_dict(state["budget"])
+    data.load_state_dict(state["data"])
+    dropped = run.rewind(step)
+    run.log("event", step, event="resumed", checkpoint=resume_from.name, dropped_metric_lines=dropped)
+    return step, state.get("flops", 0.0)
+
+
+def save_checkpoint(run: Run, step: int, model: nn.Module, optimizer: Any, budget: Budget, data: Any,
+                    flops: float, cfg: Any, env: dist.Env) -> Path:
+    with budget.overhead_of("checkpoint"):
+        return checkpoint.save(run.checkpoints, step, model, optimizer,
+                               {"budget": budget.state_dict(), "data": data.state_dict(), "flops": flops,
+                                "lr_peak": cfg.optim.lr}, env, keep_last=cfg.checkpoint.keep_last)
+
+
+class Cadence:
+    """Whether a validation or a checkpoint is due after a step (`eval.every_steps`, `checkpoint.every_steps`
+    / `every_minutes` of training time). Neither is due once the budget is spent: the loop's tail does both."""
+
+    def __init__(self, cfg: Any, budget: Budget) -> None:
+        self.eval, self.checkpoint, self.budget = cfg.eval, cfg.checkpoint, budget
+        self.last_checkpoint_seconds = budget.seconds
+
+    def eval_due(self, step: int) -> bool:
+        return bool(self.eval.every_steps and step % self.eval.every_steps == 0 and not self.budget.done())
+
+    def checkpoint_due(self, step: int) -> bool:
+        c = self.checkpoint
+        due_steps = c.every_steps and step % c.every_steps == 0
+        due_time = c.every_minutes and self.budget.seconds - self.last_checkpoint_seconds >= 60 * c.every_minutes
+        return bool((due_steps or due_time) and not self.budget.done())
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint_seconds = self.budget.seconds
+
+
+def recover_non_finite(stats: StepStats, step: int, bad_in_row: int, last_good: Path | None, model: nn.Module,
+                       optimizer: Any, budget: Budget, run: Run, env: dist.Env, max_bad_steps: int, who: str,
+                       **log: Any) -> int:
+    """After a non-finite step (train_step already dropped its gradients): restore the last good checkpoint
+    if there is one, log it, and raise once more than `max_bad_steps` came in a row. Returns the new count of
+    non-finite steps in a row. `log` adds fields to the event line."""
+    bad_in_row += 1
+    restored = None
+    with budget.overhead_of("restore"):
+        if last_good is not None:
+            checkpoint.load(last_good, model, optimizer, env, restore_rng=False)
+            restored = last_good.name
+    run.log("event", step, event="non_finite", loss=stats.loss, grad_norm=stats.grad_norm, restored=restored, **log)
+    if env.main:
+        tqdm.write(f"{who}: step {step}: non-finite loss/grad ({stats.loss}, {stats.grad_norm}); skipped the "
+                   f"batch{', restored ' + restored if restored else ''}")
+    if bad_in_row > max_bad_steps:
+        raise SlamError(f"{bad_in_row} non-finite steps in a row at step {step}; lower optim.lr or check the data "
+                        f"(max_bad_steps={max_bad_steps})")
+    return bad_in_row
+
+
+def log_done(run: Run, step: int, budget: Budget, setup_s: float, flops: float, **val: Any) -> None:
+    """The run's last metrics line (`val` names the validation result), then the loss plot."""
+    run.log("event", step, event="done", train_seconds=budget.seconds, overhead=budget.overhead,
+            setup_seconds=setup_s, flops=flops, tokens=budget.tokens, **val)
+    run.plot()
+
+
 # --- the run ------------------------------------------------------------------------------------------------
 def prepare_run_folder(cfg: TrainConfig, env: dist.Env) -> tuple[Run, Path | None]:
     """Refuse to overwrite a run by accident; find the checkpoint to resume from."""
@@ -211,10 +329,7 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
     model = dist.wrap(model, cfg.dist.strategy, env)
     optimizer = build_optimizer(model, cfg.optim)
     budget = Budget.from_config(cfg.budget)
-    accum = cfg.batch.size // (cfg.batch.micro * env.world)
-    if accum * cfg.batch.micro * env.world != cfg.batch.size:
-        raise ConfigError(f"batch.size: {cfg.batch.size} is not a multiple of batch.micro {cfg.batch.micro} x "
-                          f"{env.world} processes")
+    accum = accumulation(cfg, env)
     train_data, val_data = data_io.loaders(cfg, info, env)
     loss_fn = loss_fn or data_io.loss_fn()
     amp = autocast(cfg, env.device)
@@ -222,33 +337,18 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
     step = 0
     flops_total = 0.0
     if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, env)
-        step = state["step"]
-        budget.load_state_dict(state["budget"])
-        train_data.load_state_dict(state["data"])
-        flops_total = state.get("flops", 0.0)
-        dropped = run.rewind(step)
-        run.log("event", step, event="resumed", checkpoint=resume_from.name, dropped_metric_lines=dropped)
+        step, flops_total = resume_state(resume_from, model, optimizer, budget, train_data, run, env)
     elif cfg.resume and env.main:
         print(f"slam train: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
     setup_s = time.perf_counter() - t_setup
 
     peak = peak_tflops(env.device, cfg.peak_tflops)
     last_good = checkpoint.latest(run.checkpoints)
-    last_ckpt_seconds = budget.seconds
+    cadence = Cadence(cfg, budget)
     bad_in_row = 0
     tokens_window, pairs_window, seconds_window = 0, 0, 0.0
-    bar = tqdm(total=100.0, disable=not env.main, dynamic_ncols=True, initial=round(100 * budget.progress(), 2),
-               bar_format="{percentage:5.1f}%|{bar:16}| {desc}")
+    bar = progress_bar(budget, env)
     model.train()
-
-    def save_checkpoint() -> Path:
-        with budget.overhead_of("checkpoint"):
-            path = checkpoint.save(run.checkpoints, step, model, optimizer,
-                                   {"budget": budget.state_dict(), "data": train_data.state_dict(),
-                                    "flops": flops_total, "lr_peak": cfg.optim.lr},
-                                   env, keep_last=cfg.checkpoint.keep_last)
-        return path
 
     def validate() -> float:
         with budget.overhead_of("eval"):
@@ -259,9 +359,7 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
 
     val_loss = float("nan")
     while not budget.done():
-        p = budget.progress()
-        lr = lr_at(cfg.schedule, cfg.optim.lr, p, step)
-        set_lr(optimizer, lr, p)
+        lr = step_lr(cfg, optimizer, budget, step)
         first_compiled = cfg.compile and step == 0 and resume_from is None
         t0 = time.perf_counter()
         with budget.step():  # data loading is part of a training step's time
@@ -269,26 +367,12 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
             stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
         dt = time.perf_counter() - t0
         if first_compiled:  # compile warm-up is not training time
-            budget.local_seconds -= dt
-            budget.seconds = max(0.0, budget.seconds - dt)
-            budget.overhead["compile"] = budget.overhead.get("compile", 0.0) + dt
+            discount_compile(budget, dt)
         budget.add(steps=1, tokens=stats.tokens)
         step += 1
         if not stats.finite:
-            bad_in_row += 1
-            restored = None
-            with budget.overhead_of("restore"):
-                if last_good is not None:
-                    checkpoint.load(last_good, model, optimizer, env, restore_rng=False)
-                    restored = last_good.name
-            run.log("event", step, event="non_finite", loss=stats.loss, grad_norm=stats.grad_norm,
-                    restored=restored, skipped_batches=accum)
-            if env.main:
-                tqdm.write(f"slam train: step {step}: non-finite loss/grad ({stats.loss}, {stats.grad_norm}); "
-                           f"skipped the batch{', restored ' + restored if restored else ''}")
-            if bad_in_row > cfg.max_bad_steps:
-                raise SlamError(f"{bad_in_row} non-finite steps in a row at step {step}; lower optim.lr or "
-                                f"check the data (max_bad_steps={cfg.max_bad_steps})")
+            bad_in_row = recover_non_finite(stats, step, bad_in_row, last_good, model, optimizer, budget, run, env,
+                                            cfg.max_bad_steps, "slam train", skipped_batches=accum)
             continue
         bad_in_row = 0
         flops_total += batch_flops(n_params, stats.tokens, stats.pairs, layers, width)
@@ -304,38 +388,31 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
             run.log("train", step, loss=stats.loss, lr=lr, grad_norm=stats.grad_norm, tokens=budget.tokens,
                     tok_per_s=tok_s, flops=flops_total, mfu=mfu, progress=budget.progress(),
                     train_hours=budget.seconds / 3600)
-            eta = budget.eta_seconds()
             bar.set_description_str(
                 f"step {step} | loss {stats.loss:.3f} | lr {lr:.2e}"
                 + (f" | {tok_s / 1e3:.1f}k tok/s" if tok_s is not None else "")
                 + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
-                + (f" | ETA {format_duration(eta)}" if eta is not None else ""), refresh=False)
+                + eta_text(budget), refresh=False)
             tokens_window, pairs_window, seconds_window = 0, 0, 0.0
-        bar.update(round(100 * budget.progress(), 2) - bar.n)
-        if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and not budget.done():
+        advance(bar, budget)
+        if cadence.eval_due(step):
             val_loss = validate()
-        due_steps = cfg.checkpoint.every_steps and step % cfg.checkpoint.every_steps == 0
-        due_time = (cfg.checkpoint.every_minutes
-                    and budget.seconds - last_ckpt_seconds >= 60 * cfg.checkpoint.every_minutes)
-        if (due_steps or due_time) and not budget.done():
-            last_good = save_checkpoint()
-            last_ckpt_seconds = budget.seconds
+        if cadence.checkpoint_due(step):
+            last_good = save_checkpoint(run, step, model, optimizer, budget, train_data, flops_total, cfg, env)
+            cadence.checkpointed()
     bar.close()
 
     val_loss = validate()
-    last_good = save_checkpoint()
+    last_good = save_checkpoint(run, step, model, optimizer, budget, train_data, flops_total, cfg, env)
     with budget.overhead_of("final"):
         final = _save_final(model, info, run, env, cfg, budget, step)
-    run.log("event", step, event="done", train_seconds=budget.seconds, overhead=budget.overhead,
-            setup_seconds=setup_s, flops=flops_total, tokens=budget.tokens, val_loss=val_loss)
-    run.plot()
+    log_done(run, step, budget, setup_s, flops_total, val_loss=val_loss)
     if env.main:
-        over = ", ".join(f"{k} {format_duration(v)}" for k, v in sorted(budget.overhead.items()))
         print(f"slam train: {step} steps, {budget.tokens:,} tokens in {format_duration(budget.seconds)} of "
               f"training ({budget.kind} budget {100 * budget.progress():.0f}% spent; outside the budget: "
-              f"setup {format_duration(setup_s)}, {over}); {flops_total:.3g} FLOPs on {n_params:,} parameters; "
-              f"validation loss {val_loss:.4f}. Wrote {final} (model folder), {run.folder}/metrics.jsonl, "
-              f"loss.png, TensorBoard events and checkpoints/{last_good.name}.")
+              f"setup {format_duration(setup_s)}, {overhead_text(budget)}); {flops_total:.3g} FLOPs on "
+              f"{n_params:,} parameters; validation loss {val_loss:.4f}. Wrote {final} (model folder), "
+              f"{run.folder}/metrics.jsonl, loss.png, TensorBoard events and checkpoints/{last_good.name}.")
     run.close()
     return final
 
@@ -344,14 +421,8 @@ def _save_final(model: nn.Module, info: Any, run: Run, env: dist.Env, cfg: Train
                 step: int) -> Path:
     from slam.model import save_model
 
-    full = dist.model_state(model)  # collective under FSDP
-    if env.main:
-        bare = dist.unwrap(model)
-        if dist.is_fsdp(model):  # sharded parameters: rebuild a plain CPU copy to write
-            from transformers import AutoModelForCausalLM
-
-            bare = AutoModelForCausalLM.from_config(bare.config)
-            bare.load_state_dict(full)
+    bare = plain_model(model, env)
+    if bare is not None:
         info.extra.update({"train": {"run": str(run.folder), "steps": step, "tokens": budget.tokens,
                                      "train_seconds": round(budget.seconds, 1)}})
         if cfg.data.kind == "text":  # a text LM folder is complete with its tokenizer (a TWIST base later)
@@ -363,3 +434,18 @@ def _save_final(model: nn.Module, info: Any, run: Run, env: dist.Env, cfg: Train
             AutoTokenizer.from_pretrained(cfg.data.text_tokenizer).save_pretrained(run.final)
     dist.barrier()
     return run.final
+
+
+def plain_model(model: nn.Module, env: dist.Env) -> nn.Module | None:
+    """The model to write `final/` from, on the main process (None elsewhere): the unwrapped module, or under
+    FSDP a plain CPU copy rebuilt from the full state. Every rank must call it (gathering is a collective)."""
+    full = dist.model_state(model)  # collective under FSDP
+    if not env.main:
+        return None
+    bare = dist.unwrap(model)
+    if dist.is_fsdp(model):  # sharded parameters: rebuild a plain CPU copy to write
+        from transformers import AutoModelForCausalLM
+
+        bare = AutoModelForCausalLM.from_config(bare.config)
+        bare.load_state_dict(full)
+    return bare

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from slam.errors import SlamError
+from slam.utils import length_batches
 
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
              "conv_stride", "conv_kernel", "conv_bias", "feat_extract_norm", "feat_extract_activation",
@@ -183,19 +184,8 @@ class HubertFeatures:
         return hidden, frames
 
     def _batches(self, lengths: Sequence[int], max_items: int) -> list[list[int]]:
-        """Indices grouped by similar length (sorted, so padding stays small), capped by padded samples."""
-        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-        out: list[list[int]] = []
-        cur: list[int] = []
-        for i in order:
-            longest = lengths[i]  # ascending order: the newest item is the longest
-            if cur and (len(cur) + 1 > max_items or (len(cur) + 1) * longest > self.max_batch_samples):
-                out.append(cur)
-                cur = []
-            cur.append(i)
-        if cur:
-            out.append(cur)
-        return out
+        """Indices grouped by similar length (ascending, so padding stays small), capped by padded samples."""
+        return length_batches(lengths, max_items, self.max_batch_samples)
 
     @torch.inference_mode()
     def __call__(self, wavs: Sequence[np.ndarray], batch_size: int = 16) -> list[torch.Tensor]:
