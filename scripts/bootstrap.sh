@@ -13,7 +13,7 @@ fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-if ! .venv/bin/python -c "import slam, torch, transformers, pytest" >/dev/null 2>&1 \
+if ! .venv/bin/python -c "from slam.cli import main; import torch, transformers, pytest" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .venv/.slam-installed ]; then
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0 -e ".[test]"
   touch .venv/.slam-installed
