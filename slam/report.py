@@ -35,16 +35,9 @@ def _read_json(path: Path) -> Any:
 
 
 def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    from slam.train.run import read_metrics
+
+    return read_metrics(run)
 
 
 def collect(out: str | Path) -> dict:

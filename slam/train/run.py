@@ -72,16 +72,7 @@ class Run:
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
 
     def read_metrics(self) -> list[dict]:
-        path = self.folder / "metrics.jsonl"
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-        return rows
+        return read_metrics(self.folder)
 
     def rewind(self, step: int) -> int:
         """On resume: drop the metrics of steps after the checkpoint (they are recomputed), so the file and
@@ -132,3 +123,17 @@ class Run:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+def read_metrics(folder: str | Path) -> list[dict]:
+    """The rows of a run folder's metrics.jsonl (none if it has none); a line cut by a kill is skipped."""
+    path = Path(folder) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
