@@ -370,14 +370,9 @@ class Job:
 
 def run_progress(run: Path) -> float:
     """Budget progress (0-1) of a run, from the last metrics line that has one."""
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        return 0.0
-    for line in reversed(path.read_text().splitlines()[-20:]):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    from slam.train.run import read_metrics
+
+    for row in reversed(read_metrics(run)):
         if "progress" in row:
             return float(row["progress"])
     return 0.0

@@ -61,6 +61,21 @@ def commit_dir(tmp: Path, final: str | Path) -> None:
         os.replace(tmp, final)
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of an append-only jsonl (none if the file is missing). A line that does not parse was cut by a
+    kill mid-append: it is skipped, and whatever it recorded is redone by the resumed job."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from slam.errors import SlamError
 from slam.tokens import SlamInfo
-from slam.utils import length_batches, sha256_bytes, sha256_file
+from slam.utils import length_batches, read_jsonl, sha256_bytes, sha256_file
 
 LAYOUTS = ("zerospeech-lexical", "zerospeech-syntactic", "storycloze", "pairs.jsonl")
 EXPECTED = ("expected one of: a ZeroSpeech 2021 lexical|syntactic/{dev,test} folder with gold.csv and its wavs; "
@@ -210,14 +210,9 @@ class FrameCache:
         self.path = None if folder is None else Path(folder) / f"{tokenizer_hash}.jsonl"
         self.tokenizer_hash = tokenizer_hash
         self.frames: dict[str, np.ndarray] = {}
-        if self.path is not None and self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill
-                    continue
-                if r.get("tokenizer") == tokenizer_hash:
-                    self.frames[r["audio"]] = np.asarray(r["frames"], dtype=np.int64)
+        for r in read_jsonl(self.path) if self.path is not None else []:
+            if r.get("tokenizer") == tokenizer_hash:
+                self.frames[r["audio"]] = np.asarray(r["frames"], dtype=np.int64)
         self._pending: list[str] = []
 
     def add(self, audio_hash: str, frames: np.ndarray) -> None:

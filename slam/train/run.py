@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from slam.config import to_dict
-from slam.utils import atomic_write_json, atomic_write_text, provenance
+from slam.utils import atomic_write_json, atomic_write_text, provenance, read_jsonl
 
 
 class Run:
@@ -127,13 +127,4 @@ class Run:
 
 def read_metrics(folder: str | Path) -> list[dict]:
     """The rows of a run folder's metrics.jsonl (none if it has none); a line cut by a kill is skipped."""
-    path = Path(folder) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return read_jsonl(Path(folder) / "metrics.jsonl")

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from slam.errors import SlamError
-from slam.utils import atomic_write_json
+from slam.utils import atomic_write_json, read_jsonl
 
 META = "meta.json"
 REJECTS = "rejects.jsonl"
@@ -63,16 +63,7 @@ def shard_files(folder: str | Path) -> list[Path]:
 
 
 def read_rejects(folder: str | Path) -> list[dict]:
-    path = Path(folder) / REJECTS
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: its item is simply redone
-            continue
-    return out
+    return read_jsonl(Path(folder) / REJECTS)
 
 
 def load_table(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
