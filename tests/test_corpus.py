@@ -8,6 +8,7 @@ import re
 import pytest
 
 from slam.cli import main
+from slam.errors import SlamError
 from slam.synth import corpus as C
 
 
@@ -163,3 +164,21 @@ def test_prefs_layout(written):
     for r in rows:
         assert set(r) == {"id", "prompt", "chosen", "rejected", "group"}
         assert r["chosen"] != r["rejected"] and len(C.split_sentences(r["prompt"])) >= 2
+
+
+def test_fewer_topics_confine_every_part(tmp_path):
+    # --topics 3: training text, every benchmark and the preferences use only the first 3 topics' words
+    assert main(["corpus", "--out", str(tmp_path), "--stories", "300", "--pairs", "40", "--prefs", "40",
+                 "--topics", "3"]) == 0
+    kept = [t.name for t in C.TOPICS[:3]]
+    assert json.loads((tmp_path / "corpus.json").read_text())["topics"] == kept
+    dropped = set().union(*(TOPIC_WORDS[t.name] for t in C.TOPICS[3:]))
+    texts = (tmp_path / "stories.txt").read_text().splitlines()
+    for name in ("grammar", "story", "topic"):
+        rows = _jsonl(tmp_path / "bench" / name / "pairs.jsonl")
+        texts += [r["positive"] for r in rows] + [r["negative"] for r in rows]
+    texts += [" ".join((r["prompt"], r["chosen"], r["rejected"])) for r in _jsonl(tmp_path / "prefs.jsonl")]
+    assert all(not _words(t) & dropped for t in texts)
+    assert {r["group"] for r in _jsonl(tmp_path / "bench" / "topic" / "pairs.jsonl")} == set(kept)
+    with pytest.raises(SlamError, match="topics"):
+        C.build(stories=10, pairs=2, prefs=2, topics=1)

@@ -165,9 +165,10 @@ class _Retry(Exception):
 class Generator:
     """Draws sentences, stories and benchmark items for one side (train or eval) from a seeded RNG."""
 
-    def __init__(self, rng: np.random.Generator, eval_side: bool):
+    def __init__(self, rng: np.random.Generator, eval_side: bool, topics: tuple[Topic, ...] = TOPICS):
         self.rng = rng
         self.eval_side = eval_side
+        self.topics = topics
 
     # -- drawing helpers ------------------------------------------------------------------------------
     def pick(self, seq):
@@ -250,7 +251,7 @@ class Generator:
     def story(self, n_sentences: int, ending: str | None = None, topic: Topic | None = None) -> dict:
         """A story on one topic: intro, body, ending. `ending` forces the ending kind (object, character,
         pronoun, feeling); the result keeps what a negative needs (hero, friend, topic, mentioned objects)."""
-        t = topic or self.pick(TOPICS)
+        t = topic or self.pick(self.topics)
         h = self.hero()
         kind = ending or self.pick(("object", "character", "pronoun", "feeling"))
         # a friend of the other gender would make "he"/"she" ambiguous in a pronoun ending
@@ -374,7 +375,7 @@ def topic_cloze_item(g: Generator) -> tuple[str, str, str, str] | None:
     instead, template differences swamped the topic word under mean-NLL scoring)."""
     st = g.story(int(g.rng.integers(3, 6)), ending=g.pick(("object", "character")))
     t = st["topic"]
-    wrong = move_topic(st["ending"], t, g.pick([x for x in TOPICS if x is not t]), g)
+    wrong = move_topic(st["ending"], t, g.pick([x for x in g.topics if x is not t]), g)
     if wrong == st["ending"] or is_eval(wrong) != g.eval_side:
         return None
     return " ".join(st["body"]), st["ending"], wrong, t.name
@@ -382,7 +383,7 @@ def topic_cloze_item(g: Generator) -> tuple[str, str, str, str] | None:
 
 def grammar_item(g: Generator, group: str) -> tuple[str, str] | None:
     """(grammatical, minimally different ungrammatical) sentence, the grammatical one on the eval side."""
-    t = g.pick(TOPICS)
+    t = g.pick(g.topics)
     h = g.hero()
     obj, plural = g.pick(t.objects)
     base, third, past = g.pick(t.verbs)
@@ -427,17 +428,30 @@ def _draw(make: Callable[[], object | None], what: str, max_tries: int = 200):
     raise SlamError(f"corpus: could not draw a '{what}' item in {max_tries} tries (generator bug)")
 
 
-def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0, progress: bool = False) -> dict:
-    """All the text of the corpus, in memory: training stories and sentences, benchmark pairs, prefs."""
+def select_topics(n: int | None) -> tuple[Topic, ...]:
+    """The first `n` topics (all 8 when None). Fewer topics = more stories per topic for the same text: the
+    prototype that first learnt topic cloze on a CPU used 4."""
+    if n is None:
+        return TOPICS
+    if not 2 <= n <= len(TOPICS):
+        raise SlamError(f"topics: expected 2..{len(TOPICS)} (a topic negative needs another topic), got {n}")
+    return TOPICS[:n]
+
+
+def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0, progress: bool = False,
+          topics: int | None = None) -> dict:
+    """All the text of the corpus, in memory: training stories and sentences, benchmark pairs, prefs.
+    `topics`: use only the first N topics (default all) for every part."""
+    tps = select_topics(topics)
     # separate RNG streams per part, so e.g. asking for more pairs leaves the training text unchanged
     ss = np.random.SeedSequence(seed).spawn(5)
-    train = Generator(np.random.default_rng(ss[0]), eval_side=False)
+    train = Generator(np.random.default_rng(ss[0]), eval_side=False, topics=tps)
     story_lines: list[str] = []
     for _ in tqdm(range(stories), desc="stories", unit="story", disable=not progress):
         st = _draw(lambda: train.story(int(train.rng.integers(2, 6))), "story")
         story_lines.append(" ".join(st["body"] + [st["ending"]]))
 
-    ev = Generator(np.random.default_rng(ss[1]), eval_side=True)
+    ev = Generator(np.random.default_rng(ss[1]), eval_side=True, topics=tps)
     out: dict = {"stories": story_lines, "bench": {}}
     items = []
     for i in range(pairs):
@@ -446,7 +460,7 @@ def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int 
         items.append({"id": f"grammar-{i:05d}", "positive": good, "negative": bad, "group": group})
     out["bench"]["grammar"] = items
 
-    ev = Generator(np.random.default_rng(ss[2]), eval_side=True)
+    ev = Generator(np.random.default_rng(ss[2]), eval_side=True, topics=tps)
     items = []
     for i in range(pairs):
         group = STORY_GROUPS[i % len(STORY_GROUPS)]
@@ -455,7 +469,7 @@ def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int 
                       "group": group})
     out["bench"]["story"] = items
 
-    ev = Generator(np.random.default_rng(ss[3]), eval_side=True)
+    ev = Generator(np.random.default_rng(ss[3]), eval_side=True, topics=tps)
     items = []
     for i in range(pairs):
         prefix, pos, neg, topic = _draw(lambda: topic_cloze_item(ev), "topic")
@@ -465,7 +479,7 @@ def build(stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int 
     out["prompts"] = [" ".join(_draw(lambda: ev.story(3), "prompt")["body"]) for _ in range(20)]
 
     # preferences are DPO *training* data: drawn from the train side, rejected = one of the cloze negatives
-    tr = Generator(np.random.default_rng(ss[4]), eval_side=False)
+    tr = Generator(np.random.default_rng(ss[4]), eval_side=False, topics=tps)
     pref_items = []
     for i in range(prefs):
         def make():
@@ -488,10 +502,10 @@ def vocabulary(lines: list[str]) -> set[str]:
 
 
 def write(out_dir: str | Path, stories: int = 20000, pairs: int = 1000, prefs: int = 2000, seed: int = 0,
-          progress: bool = False) -> dict:
+          progress: bool = False, topics: int | None = None) -> dict:
     """Write the corpus layout of the module docstring; returns the summary written to corpus.json."""
     out = Path(out_dir)
-    c = build(stories=stories, pairs=pairs, prefs=prefs, seed=seed, progress=progress)
+    c = build(stories=stories, pairs=pairs, prefs=prefs, seed=seed, progress=progress, topics=topics)
     sentences = list(dict.fromkeys(s for line in c["stories"] for s in split_sentences(line)))
     atomic_write_text(out / "stories.txt", "\n".join(c["stories"]) + "\n")
     atomic_write_text(out / "sentences.txt", "\n".join(sentences) + "\n")
@@ -509,7 +523,7 @@ def write(out_dir: str | Path, stories: int = 20000, pairs: int = 1000, prefs: i
         "distinct_stories": len(set(c["stories"])),
         "words": sum(len(s.split()) for s in c["stories"]),
         "vocabulary": sorted(vocabulary(c["stories"])),
-        "topics": [t.name for t in TOPICS],
+        "topics": [t.name for t in select_topics(topics)],
         "pairs": {k: len(v) for k, v in c["bench"].items()}, "prefs": len(c["prefs"]),
         "eval_share": f"1/{EVAL_SHARE} of sentences (by hash) are eval-only",
         "sha256": h.hexdigest(),

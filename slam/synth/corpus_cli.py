@@ -16,12 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=int, default=1000, help="pairs per benchmark: grammar, story, topic")
     parser.add_argument("--prefs", type=int, default=2000, help="preference triples (DPO training text)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same text")
+    parser.add_argument("--topics", type=int, default=None,
+                        help="use only the first N of the 8 topics (default all): more stories per topic")
 
 
 def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     s = corpus.write(args.out, stories=args.stories, pairs=args.pairs, prefs=args.prefs, seed=args.seed,
-                     progress=True)
+                     progress=True, topics=args.topics)
     print(f"slam corpus: wrote {s['stories']} training stories ({s['distinct_stories']} distinct, {s['words']} "
           f"words, {s['distinct_sentences']} distinct sentences, {len(s['vocabulary'])}-word vocabulary, "
           f"{len(s['topics'])} topics) to {args.out}/stories.txt and sentences.txt; held-out pairs "
