@@ -255,3 +255,24 @@ def test_plan_budgets_follow_minutes():
     assert demo.make_plan(16, fast=True, seed=0).speech_seconds == 8
     with pytest.raises(SlamError, match="positive"):
         demo.run_demo("unused", minutes=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_follows_the_cpu(monkeypatch, tmp_path, native):
+    # bf16 autocast only where the CPU has native bf16 dot products; every training run and DPO gets it
+    monkeypatch.setattr(demo, "cpu_bf16", lambda: native)
+    plan = demo.make_plan(16, fast=False, seed=0)
+    want = "precision=bf16" if native else "precision=fp32"
+    assert plan.precision == want.split("=")[1] and plan.topics == 4
+    d = demo.Demo(tmp_path, plan, 1)
+    for name in ("text", "twist", "scratch"):
+        assert want in demo.train_argv(d, name)
+
+
+def test_cpu_bf16_reads_the_flags(monkeypatch):
+    real = Path.read_text
+    for flags, want in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 amx_bf16", True),
+                        ("fpu avx2 avx512f", False)):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, f=flags, **k:
+                            f"processor: 0\nflags\t\t: {f}\n" if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
+        assert demo.cpu_bf16() is want
