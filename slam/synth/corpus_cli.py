@@ -1,5 +1,5 @@
-"""`slam corpus --out DIR [--stories N --pairs N --prefs N --seed S]`: write the built-in story text, the
-held-out benchmark pairs and the preference text (layout: see slam/synth/corpus.py)."""
+"""`slam corpus --out DIR [--stories N --pairs N --prefs N --seed S --topics N]`: write the built-in story
+text, the held-out benchmark pairs and the preference text (layout: see slam/synth/corpus.py)."""
 
 from __future__ import annotations
 
