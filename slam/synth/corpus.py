@@ -6,7 +6,8 @@ A prototype with two-sentence stories over 4 topics learnt grammar pairs (80-85%
 verbs and adjectives (farm: barn, goat, feed, muddy; space: moon, rocket, fix, silver...), a story of 2-5
 sentences never leaves its topic, and endings are coherent in ways a small LM can pick up (they re-mention
 the hero, an object of the story, the hero's pronoun, a feeling that fits the event). The vocabulary stays
-small (~320 words) while slot combinations give thousands of distinct sentences.
+small (~320 words) while slot combinations give thousands of distinct sentences. `topics=N` keeps the first
+N topics only (the demo uses 4: twice the stories per topic moved its topic cloze from 51.5% to 56.3%).
 
 Held out by construction: every sentence has a fixed side, train or eval, from a hash of its text (1 in 4
 is eval). Training stories are drawn only from train sentences, benchmark items only from eval sentences
