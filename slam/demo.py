@@ -102,7 +102,8 @@ class Plan:
 def cpu_bf16() -> bool:
     """Native bf16 dot products on this CPU (AVX512-BF16 or AMX; Linux flags). There, bf16 autocast trains the
     demo's 1.2M model 1.25x faster than fp32 on one thread (6,082 vs 4,863 tokens/s, 8 x 512; 1.48x at hidden
-    256), weights and AdamW state staying fp32. Without them bf16 is converted in software: fp32 is kept."""
+    256; bench/cpu_step.py), weights and AdamW state staying fp32. Elsewhere fp32 is kept: without native
+    bf16, oneDNN emulates it, which was not measured to pay."""
     try:
         flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     except OSError:
