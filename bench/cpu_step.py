@@ -1,7 +1,7 @@
 """Tokens/s of one training step (forward + backward + clip + AdamW) of the demo's model shapes on a CPU,
 fp32 (the baseline) against bf16 autocast and torch.compile, each in its own subprocess, same threads.
 
-The question it answers: which precision and batch shape should `slam demo` train with on this CPU.
+The question it answers: which precision and batch shape should `slam demo` train with on a CPU.
 Packed rows as in training: position_ids restart every 300 tokens (a story is ~290 units), no mask.
 
     .venv/bin/python bench/cpu_step.py                       # 1 thread, hidden 128 and 256, 8 x 512 and 4 x 512

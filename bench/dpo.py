@@ -42,10 +42,10 @@ N_UNITS = 500
 
 
 def make_pairs(n: int, seed: int = 0):
-    from slam.prefs import Pair
+    from slam.prefs import PrefPair
 
     rng = np.random.default_rng(seed)
-    return [Pair(f"p{i}", rng.integers(0, N_UNITS, rng.integers(60, 141)),
+    return [PrefPair(f"p{i}", rng.integers(0, N_UNITS, rng.integers(60, 141)),
                  rng.integers(0, N_UNITS, rng.integers(40, 121)), rng.integers(0, N_UNITS, rng.integers(40, 121)))
             for i in range(n)]
 

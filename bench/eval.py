@@ -3,10 +3,10 @@
     .venv/bin/python bench/eval.py [--pairs 64] [--rounds 3] [--hidden 256 --layers 4]
 
 Same model, same sequences, same process; the two ways alternate in each round (baseline first, then
-batched, then the order is swapped) so that load from other processes hits both alike. Sequences are random
-units with sBLIMP-like lengths (2-3 s of speech at ~20 units/s: 40-60 tokens) and sSC-like lengths (10-20 s:
-200-400 tokens); content does not change the cost. Reports pairs/s (median over rounds) and checks that
-both ways give the same scores.
+batched, then the order is swapped) so that any other load on the machine hits both alike. Sequences are
+random units with sBLIMP-like lengths (2-3 s of speech at ~20 units/s: 40-60 tokens) and sSC-like lengths
+(10-20 s: 200-400 tokens); content does not change the cost. Reports pairs/s (median over rounds) and
+checks that both ways give the same scores.
 """
 
 from __future__ import annotations

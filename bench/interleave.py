@@ -4,11 +4,11 @@
 
 A units dataset of synthetic utterances (random units with mHuBERT-like dedup durations at 25 Hz, 8-40
 words with pause-separated times, a transcript) is written once; then, interleaved in each round:
-  speech        slam.data.units_source: `<s> <speech> units <s>` documents (vectorised; the baseline)
-  interleaved   slam.interleave.interleaved_source: Poisson(10) spans at 30% speech, units cut at the word
+  speech        slam.data.sources.units_source: `<s> <speech> units <s>` documents (vectorised; the baseline)
+  interleaved   slam.data.interleave.interleaved_source: Poisson(10) spans at 30% speech, units cut at the word
                 times, text spans tokenized in one batched call per 4,096 utterances (byte-level BPE)
-Reported: utterances/s and output tokens/s, the CPU time of each (contention on the shared 2 cores changes
-it less than wall time), and the speech share of the interleaved stream (words and tokens).
+Reported: utterances/s and output tokens/s, the CPU time of each (contention for the cores changes it less
+than wall time), and the speech share of the interleaved stream (words and tokens).
 """
 
 from __future__ import annotations

@@ -5,15 +5,15 @@
 Candidates, interleaved in each round on the same sentences (or, with --stories, whole stories: what the demo
 speaks, ~4x longer) of the built-in corpus (4 default voices in turn),
 each writing 16 kHz wavs to a fresh folder:
-  naive-1 / naive-2   the prototype: one `espeak-ng --stdout` process per sentence, soxr to 16 kHz, a wav
-                      written; no word times, no manifest (1 or 2 worker processes)
+  naive-1 / naive-2   the straightforward way: one `espeak-ng --stdout` process per sentence, soxr to
+                      16 kHz, a wav written; no word times, no manifest (1 or 2 worker processes)
   slam-1 / slam-2     `slam.synth.tts.synthesize` with the espeak backend (libespeak-ng in-process, word times
                       from engine events, atomic wavs, fsynced manifest), 1 or 2 workers
   wordwise-1          word times by the other method: each word synthesised alone with the library,
                       joined by 100 ms pauses (times known by construction), 1 worker
 Word-time accuracy of the event method: for two-sentence texts, |event start of the second sentence's
 first word - onset of speech after the pause| (energy onset, 10 ms frames, -30 dB gate).
-The 2 CPU cores are shared with other sessions: the 1-minute load average is printed with each run, and
+Other load on the machine slows every method: the 1-minute load average is printed with each run, and
 beside wall-clock rates the CPU time of the run (this process and its reaped children, user + sys) gives
 "x realtime per CPU-second", which contention changes much less.
 """

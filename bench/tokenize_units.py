@@ -10,7 +10,7 @@ any warm corpus it is read from the page cache); a 200-unit mel k-means fitted o
 Three figures per configuration: end to end = audio seconds / wall seconds of the whole command (process
 start and imports included, ~2-3 s, which a longer corpus amortises); loop = slam's own figure for its
 tokenize loop (what the progress bar shows); per CPU-s = audio seconds / CPU seconds of the process tree,
-the figure least disturbed by other jobs on a shared machine, also shown without the fixed start-up cost
+the figure least disturbed by other load on the machine, also shown without the fixed start-up cost
 (CPU of the same command rerun on the finished folder: imports, tokenizer load, resume scan).
 Each configuration runs `slam tokenize` as a subprocess into a fresh folder; candidate and baseline are
 interleaved and repeated, and the median is reported. The baseline is the same command with one file at a
