@@ -85,11 +85,11 @@ def main() -> None:
     from slam.model import random_init
     from slam.train import dist
     from slam.train.budget import Budget
-    from slam.train.config import Budget as BudgetConfig
+    from slam.train.config import BudgetConfig
     from slam.train.config import Optim
     from slam.train.dpo import Metrics, collate, dpo_loss, encode_pairs, make_loss_fn, reference_table, \
         sequence_logps, with_reference
-    from slam.train.loop import train_step
+    from slam.train.engine import train_step
     from slam.train.optim import build_optimizer
 
     def model(varlen: bool):

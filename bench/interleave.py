@@ -79,7 +79,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from slam.data import units_source
-    from slam.interleave import InterleaveConfig, interleaved_layout, interleaved_source
+    from slam.data.interleave import InterleaveConfig, interleaved_source
+    from slam.tokens import interleaved_layout
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

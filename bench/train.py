@@ -64,8 +64,8 @@ def make_data(folder: Path, n_docs: int = 900, seed: int = 0) -> None:
 
 
 def worker_slam(data: Path, out: Path, steps: int, warmup: int) -> dict:
-    from slam.train.cli import load
-    from slam.train.loop import train
+    from slam.train.config import load
+    from slam.train.pretrain import train
 
     cfg = load("tiny-cpu", [
         f"data.train=[{{path: {data}}}]", f"out={out}", f"data.context={CONTEXT}", "data.val_fraction=0.01",

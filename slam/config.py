@@ -191,12 +191,43 @@ def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[
     return _build(cls, data)
 
 
+RECIPES = Path(__file__).resolve().parent / "recipes"
+"""The shipped recipes: `slam train NAME` finds recipes/NAME.yaml."""
+
+
+def resolve_recipe(recipe: str) -> tuple[Path, list[str]]:
+    """A YAML file, a shipped recipe name, or a run folder (then its config.yaml and resume=true)."""
+    p = Path(recipe)
+    if p.is_dir() and (p / "config.yaml").exists():
+        return p / "config.yaml", [f"out={p}", "resume=true"]
+    if "/" not in recipe and (RECIPES / f"{recipe}.yaml").exists():
+        return RECIPES / f"{recipe}.yaml", []
+    if p.is_dir():
+        raise ConfigError(f"recipe: {recipe!r} is a folder without config.yaml (not a run folder)")
+    return p, []
+
+
+def load_recipe(cls: type[T], recipe: str, overrides: list[str]) -> T:
+    """`load_config` for a recipe as the CLI names it (file, shipped name or run folder)."""
+    path, implied = resolve_recipe(recipe)
+    return load_config(cls, path, implied + list(overrides))
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (read from its source)."""
+    """The docstring under each field of a dataclass (read from its source), inherited ones included: a
+    subclass that redeclares a field to change its default keeps the base's docstring unless it gives one."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         src = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):

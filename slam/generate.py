@@ -15,57 +15,24 @@ samples with left padding and a KV cache, and each output row draws from its own
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
+from slam.audio import load_audio
 from slam.errors import SlamError
-from slam.tokens import SlamInfo
+from slam.model import audio_to_units, load_for_inference, load_model_tokenizer
+from slam.text import model_text_tokenizer
+from slam.tokens import SlamInfo, require_interleaved
+from slam.units.dataset import iter_rows, read_meta
+from slam.vocoder import load_vocoder
 
-
-# --- model / tokenizer plumbing shared with slam.eval ----------------------------------------------------
-def load_for_inference(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
-    """(model in eval mode, SlamInfo) from a slam model folder (or a published slamkit folder)."""
-    from slam.model import load_model
-
-    model, info = load_model(model_dir, device=device, dtype=dtype)
-    return model.eval(), info
-
-
-def load_model_tokenizer(info: SlamInfo, model_dir: str | Path, spec: str | None = None):
-    """The speech tokenizer that made the model's training units; refuses one whose hash differs.
-
-    spec: a tokenizer spec string for models whose slam.json names none (e.g. a published slamkit folder:
-    `hubert:slprl/mhubert-base-25hz@11:km500.bin`); it is then written into `info.tokenizer` (in memory)
-    so that the vocoder choice follows it too.
-    """
-    from slam.units.tokenizer import load_tokenizer
-
-    if spec is None and not info.tokenizer:
-        raise SlamError(f"{model_dir}: slam.json names no speech tokenizer, so audio cannot be turned into "
-                        "units for this model; pass --tokenizer SPEC (e.g. hubert:MODEL@LAYER:KMEANS)")
-    tok = load_tokenizer(spec if spec is not None else info.tokenizer, root=None if spec else model_dir)
-    if info.tokenizer_hash and tok.hash != info.tokenizer_hash:
-        raise SlamError(f"{model_dir}: the tokenizer found has hash {tok.hash[:12]} but the model was trained on "
-                        f"units of {info.tokenizer_hash[:12]}; its units would be meaningless to the model")
-    if tok.n_units != info.n_units:
-        raise SlamError(f"{model_dir}: the tokenizer makes {tok.n_units} units but the model has {info.n_units}")
-    if spec is not None and not info.tokenizer:
-        info.tokenizer = tok.spec
-    return tok
-
-
-def audio_to_units(tok: Any, wav: np.ndarray, dedup: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    from slam.units.tokenizer import tokenize
-
-    units, durations = tokenize(tok, wav, dedup=dedup)
-    return np.asarray(units, dtype=np.int64), np.asarray(durations, dtype=np.int64)
 
 
 # --- sampling ----------------------------------------------------------------------------------------------
@@ -158,32 +125,7 @@ def sample_units(model: Any, info: SlamInfo, prompts: Sequence[Sequence[int]], *
     return out
 
 
-# --- CLI ---------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_dir", help="slam model folder (HF files + slam.json)")
-    p.add_argument("--prompt", action="append", default=[],
-                   help="prompt audio file or folder of audio files (repeatable)")
-    p.add_argument("--prompt-units", action="append", default=[], metavar="UNITS_DIR[:ID]",
-                   help="prompt from a units dataset row (default: its first row) instead of audio")
-    p.add_argument("--prompt-text", action="append", default=[], metavar="TEXT",
-                   help="interleaved models: a text prompt, continued in speech (`<s> <text> TEXT <speech>`)")
-    p.add_argument("--prompt-seconds", type=float, default=None,
-                   help="cut each prompt audio to its first S seconds (GenPPL uses 3.0)")
-    p.add_argument("--out", required=True, help="OUT.wav; with several outputs, OUT.<prompt>.<sample>.wav")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=25)
-    p.add_argument("--max-new-tokens", type=int, default=150, help="units to generate")
-    p.add_argument("--repetition-penalty", type=float, default=None, help="e.g. 1.1 (the paper, after DPO)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--vocoder", default=None,
-                   help="hifigan | melinv | a HiFi-GAN .pt file or folder (default: by the model's tokenizer)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer spec for a model whose slam.json names none (e.g. a published slamkit model)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
+# --- prompts in, audio out (`slam generate`) ---------------------------------------------------------------
 def _audio_files(path: Path) -> list[Path]:
     exts = {".wav", ".flac", ".ogg", ".mp3"}
     if path.is_dir():
@@ -197,8 +139,6 @@ def _audio_files(path: Path) -> list[Path]:
 
 
 def _units_row(spec: str, info: SlamInfo) -> tuple[str, np.ndarray, np.ndarray]:
-    from slam.units.dataset import iter_rows, read_meta
-
     folder, _, row_id = spec.rpartition(":") if not Path(spec).exists() else (spec, "", "")
     meta = read_meta(folder)
     if info.tokenizer_hash and meta.get("tokenizer_hash") and meta["tokenizer_hash"] != info.tokenizer_hash:
@@ -210,52 +150,54 @@ def _units_row(spec: str, info: SlamInfo) -> tuple[str, np.ndarray, np.ndarray]:
     raise SlamError(f"{folder}: no row with id {row_id!r}")
 
 
-def run(args: argparse.Namespace) -> int:
-    import soundfile as sf
-
-    from slam.audio import load_audio
-    from slam.vocoder import load_vocoder
-
-    if not args.prompt and not args.prompt_units and not args.prompt_text:
+def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[str] = (),
+                   prompt_units: Sequence[str] = (), prompt_text: Sequence[str] = (),
+                   prompt_seconds: float | None = None, temperature: float = 0.8, top_k: int | None = 25,
+                   max_new_tokens: int = 150, repetition_penalty: float | None = None, seed: int = 0,
+                   num_samples: int = 1, vocoder: str | None = None, tokenizer: str | None = None,
+                   batch_size: int = 32, device: str | None = None) -> list[dict]:
+    """Continue every prompt (audio files or folders, units dataset rows, or text for interleaved models),
+    vocode prompt + continuation into `out` (OUT.<prompt>.<sample>.wav when there are several), write
+    OUT.units.jsonl beside it, print a summary; returns the records of OUT.units.jsonl."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not prompt and not prompt_units and not prompt_text:
         raise SlamError("give a prompt: --prompt AUDIO, --prompt-units UNITS_DIR[:ID] or --prompt-text TEXT")
     t0 = time.perf_counter()
-    model, info = load_for_inference(args.model_dir, device=args.device)
-    files = [f for p in args.prompt for f in _audio_files(Path(p))]
-    tok = load_model_tokenizer(info, args.model_dir, args.tokenizer) if files or args.tokenizer else None
-    vocoder = load_vocoder(info, args.model_dir, args.vocoder, device=args.device)
-    names, units, durs, prompt_seconds = [], [], [], []
+    model, info = load_for_inference(model_dir, device=device)
+    files = [f for p in prompt for f in _audio_files(Path(p))]
+    tok = load_model_tokenizer(info, model_dir, tokenizer) if files or tokenizer else None
+    vocoder = load_vocoder(info, model_dir, vocoder, device=device)
+    names, units, durs, prompt_lengths = [], [], [], []
     if files:
         for f in files:
             wav = load_audio(f)
-            if args.prompt_seconds:
-                wav = wav[: int(args.prompt_seconds * 16000)]
+            if prompt_seconds:
+                wav = wav[: int(prompt_seconds * 16000)]
             u, d = audio_to_units(tok, wav)
-            names.append(f.stem), units.append(u), durs.append(d), prompt_seconds.append(len(wav) / 16000)
-    for spec in args.prompt_units:
+            names.append(f.stem), units.append(u), durs.append(d), prompt_lengths.append(len(wav) / 16000)
+    for spec in prompt_units:
         name, u, d = _units_row(spec, info)
         names.append(name), units.append(u), durs.append(d)
-        prompt_seconds.append(float(d.sum()) * vocoder.samples_per_frame / vocoder.sample_rate)
+        prompt_lengths.append(float(d.sum()) * vocoder.samples_per_frame / vocoder.sample_rate)
     prefixes: list = [None] * len(names)
     texts: list = [None] * len(names)
-    if args.prompt_text:
-        from slam.interleave import model_text_tokenizer, text_prompt_ids
-
-        text_tok = model_text_tokenizer(info, args.model_dir)
-        for i, text in enumerate(args.prompt_text):
+    if prompt_text:
+        text_tok = model_text_tokenizer(info, model_dir)
+        for i, text in enumerate(prompt_text):
             names.append(f"text{i}"), units.append(np.zeros(0, np.int64)), durs.append(np.zeros(0, np.int64))
-            prompt_seconds.append(0.0), texts.append(text), prefixes.append(text_prompt_ids(info, text_tok, text))
+            prompt_lengths.append(0.0), texts.append(text), prefixes.append(text_prompt_ids(info, text_tok, text))
     t1 = time.perf_counter()
-    new = sample_units(model, info, units, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                       num_samples=args.num_samples, batch_size=args.batch_size, progress=True,
+    new = sample_units(model, info, units, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+                       num_samples=num_samples, batch_size=batch_size, progress=True,
                        prefixes=prefixes)
     t_sample = time.perf_counter() - t1
-    out = Path(args.out)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    single = len(units) == 1 and args.num_samples == 1
+    single = len(units) == 1 and num_samples == 1
     records, gen_seconds = [], 0.0
     for i, name in enumerate(tqdm(names, desc="vocoding", unit="prompt")):
-        for s in range(args.num_samples):
+        for s in range(num_samples):
             path = out if single else out.with_name(f"{out.stem}.{name}.{s}{out.suffix or '.wav'}")
             all_units = np.concatenate([units[i], new[i][s]])
             # the prompt keeps its true timing; the generated units' durations are the vocoder's to fill (0)
@@ -264,17 +206,44 @@ def run(args: argparse.Namespace) -> int:
             sf.write(path, wav, vocoder.sample_rate)
             cont_s = (len(wav) - int(durs[i].sum()) * vocoder.samples_per_frame) / vocoder.sample_rate
             gen_seconds += cont_s
-            records.append({"file": path.name, "prompt": name, "sample": s, "seed": args.seed,
+            records.append({"file": path.name, "prompt": name, "sample": s, "seed": seed,
                             "prompt_units": units[i].tolist(), "prompt_durations": durs[i].tolist(),
                             "units": new[i][s].tolist(), "seconds": len(wav) / vocoder.sample_rate,
                             "continuation_seconds": cont_s, **({"prompt_text": texts[i]} if texts[i] else {})})
     jsonl = out.with_suffix(".units.jsonl")
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
-    n_new = len(records) * args.max_new_tokens
+    n_new = len(records) * max_new_tokens
     print(f"Generated {len(records)} continuation(s) of {len(names)} prompt(s) "
-          f"({sum(prompt_seconds):.1f} s of prompt audio) with temperature {args.temperature}, top-k {args.top_k}, "
-          f"repetition penalty {args.repetition_penalty or 1.0}, seed {args.seed}: {n_new} units in "
+          f"({sum(prompt_lengths):.1f} s of prompt audio) with temperature {temperature}, top-k {top_k}, "
+          f"repetition penalty {repetition_penalty or 1.0}, seed {seed}: {n_new} units in "
           f"{t_sample:.1f} s ({n_new / max(t_sample, 1e-9):.0f} units/s), {gen_seconds:.1f} s of generated "
           f"speech; audio in {out if single else out.parent}, units in {jsonl} "
           f"({time.perf_counter() - t0:.1f} s in all).")
-    return 0
+    return records
+
+
+# --- interleaved models: text prompts ------------------------------------------------------------------------
+def text_prompt_ids(info: SlamInfo, text_tokenizer: Any, text: str) -> np.ndarray:
+    """`<s> <text> tokens <speech>`: a text prompt whose continuation is speech."""
+    require_interleaved(info)
+    toks = np.asarray(text_tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+    return np.r_[info.bos_id, info.text_token_id, toks, info.speech_token_id].astype(np.int64)
+
+
+def generate_speech(model: Any, info: SlamInfo, text_tokenizer: Any = None, *,
+                    prompt_units: Sequence[Sequence[int]] | None = None, prompt_text: Sequence[str] | None = None,
+                    **sampling: Any) -> list[list[np.ndarray]]:
+    """Speech continuations (units) of speech prompts (`<s> <speech> units` ...) or text prompts
+    (`<s> <text> tokens <speech>` ...). Only unit ids are ever drawn (text, markers and eos suppressed), with
+    slam.generate.sample_units and its sampling arguments (temperature, top_k, max_new_tokens, seed, ...)."""
+    require_interleaved(info)
+    if (prompt_units is None) == (prompt_text is None):
+        raise SlamError("give either prompt_units or prompt_text")
+    if prompt_units is not None:
+        return sample_units(model, info, [np.asarray(p, np.int64) for p in prompt_units], **sampling)
+    if text_tokenizer is None:
+        raise SlamError("a text prompt needs the model's text tokenizer")
+    prefixes = [text_prompt_ids(info, text_tokenizer, t) for t in prompt_text]
+    empty = [np.zeros(0, np.int64) for _ in prompt_text]
+    return sample_units(model, info, empty, prefixes=prefixes, **sampling)
+

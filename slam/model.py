@@ -24,11 +24,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+import slam.attention  # noqa: F401  (registers the "slam_varlen" attention function with transformers)
 from slam.errors import SlamError
-from slam.tokens import SlamInfo
+from slam.text import load_text_tokenizer
+from slam.tokens import SlamInfo, require_interleaved
+from slam.units.tokenizer import load_tokenizer, tokenize
 from slam.utils import atomic_dir, commit_dir
 
 SLAMKIT_MODEL_TYPE = "speech_language_model"
@@ -153,6 +157,31 @@ def replace_vocabulary(model: nn.Module, info: SlamInfo, unit_init: UnitInit = "
     _set_special_ids(model, info)
 
 
+def init_new_rows(model: Any, info: SlamInfo, seed: int = 0, noise: float = 0.1) -> None:
+    """Rows from `unit_offset` on (units, markers, pad) = mean of the used text rows + noise x their std.
+
+    Text rows are not touched (bit-identical to what twist_init copied). Input table and untied head get the
+    same treatment (a tied head is the same tensor); a head bias gets the mean text bias."""
+    require_interleaved(info)
+    n_text = int(info.extra.get("text_vocab_size", info.unit_offset))
+    gen = torch.Generator().manual_seed(int(seed))
+    tables = [model.get_input_embeddings()]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not tables[0].weight:
+        tables.append(head)
+    for table in tables:
+        w = table.weight.data  # in place, outside autograd
+        text = w[:n_text].float()
+        mean, std = text.mean(0), text.std(0)
+        n_new = w.shape[0] - info.unit_offset
+        rows = mean + noise * std * torch.randn(n_new, w.shape[1], generator=gen)
+        w[info.unit_offset:] = rows.to(w.dtype)
+        bias = getattr(table, "bias", None)
+        if bias is not None:
+            bias = bias.data
+            bias[info.unit_offset:] = bias[:n_text].float().mean().to(bias.dtype)
+
+
 def twist_init(base: str | Path, n_units: int, unit_init: UnitInit = "truncate",
                rope_theta: float | None = 10000.0, tokenizer: dict | None = None, tokenizer_hash: str = "",
                seed: int = 0, info: SlamInfo | None = None, dtype: torch.dtype = torch.float32,
@@ -181,7 +210,6 @@ def twist_init(base: str | Path, n_units: int, unit_init: UnitInit = "truncate",
     text_vocab = model.get_input_embeddings().weight.shape[0]
     replace_vocabulary(model, info, unit_init, seed)
     if info.speech_token_id is not None:  # interleaved layout: the appended rows start at the mean text row
-        from slam.interleave import init_new_rows
 
         init_new_rows(model, info, seed=seed)
     info.extra.update({"init": "twist", "unit_init": unit_init, "seed": seed, "text_vocab_size": text_vocab,
@@ -276,8 +304,6 @@ def embed_text_tokenizer(path: str, folder: str | Path) -> str:
     src = Path(path).expanduser()
     if not src.is_absolute():
         return str(path)
-    from slam.interleave import load_text_tokenizer
-
     load_text_tokenizer(src).save_pretrained(str(Path(folder) / "text_tokenizer"))
     return "text_tokenizer"
 
@@ -345,8 +371,6 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     """
     from transformers import AutoModelForCausalLM
 
-    if attn_implementation == "slam_varlen":
-        import slam.attention  # noqa: F401  (registers the attention function)
     folder = _resolve_folder(folder)
     if not (folder / "config.json").exists():
         raise SlamError(f"{folder}: not a model folder (config.json is missing)")
@@ -365,6 +389,39 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: to
     model.to(device)
     model.eval()
     return model, info
+
+
+# --- inference: a model folder with its speech tokenizer ----------------------------------------------------
+def load_for_inference(model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    """(model in eval mode, SlamInfo) from a slam model folder (or a published slamkit folder)."""
+    model, info = load_model(model_dir, device=device, dtype=dtype)
+    return model.eval(), info
+
+
+def load_model_tokenizer(info: SlamInfo, model_dir: str | Path, spec: str | None = None):
+    """The speech tokenizer that made the model's training units; refuses one whose hash differs.
+
+    spec: a tokenizer spec string for models whose slam.json names none (e.g. a published slamkit folder:
+    `hubert:slprl/mhubert-base-25hz@11:km500.bin`); it is then written into `info.tokenizer` (in memory)
+    so that the vocoder choice follows it too.
+    """
+    if spec is None and not info.tokenizer:
+        raise SlamError(f"{model_dir}: slam.json names no speech tokenizer, so audio cannot be turned into "
+                        "units for this model; pass --tokenizer SPEC (e.g. hubert:MODEL@LAYER:KMEANS)")
+    tok = load_tokenizer(spec if spec is not None else info.tokenizer, root=None if spec else model_dir)
+    if info.tokenizer_hash and tok.hash != info.tokenizer_hash:
+        raise SlamError(f"{model_dir}: the tokenizer found has hash {tok.hash[:12]} but the model was trained on "
+                        f"units of {info.tokenizer_hash[:12]}; its units would be meaningless to the model")
+    if tok.n_units != info.n_units:
+        raise SlamError(f"{model_dir}: the tokenizer makes {tok.n_units} units but the model has {info.n_units}")
+    if spec is not None and not info.tokenizer:
+        info.tokenizer = tok.spec
+    return tok
+
+
+def audio_to_units(tok: Any, wav: np.ndarray, dedup: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    units, durations = tokenize(tok, wav, dedup=dedup)
+    return np.asarray(units, dtype=np.int64), np.asarray(durations, dtype=np.int64)
 
 
 def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ tokenizer). Two on-disk forms are read:
 The builder turns text triples into that units dataset the way the paper built SpokenSwag (47k SWAG pairs,
 4 TTS voices): drop the pairs whose prompt + chosen text repeats itself (bigram auto-BLEU >= 0.3), speak
 the rest (slam.synth: one voice per row, voices in turn), tokenise the audio with the policy model's
-tokenizer (slam.units.cli, the `slam tokenize` machinery: workers, resume, HuBERT batching):
+tokenizer (slam.units.tokenize, the `slam tokenize` machinery: workers, resume, HuBERT batching):
 
     from slam.prefs import build_spoken_prefs, load_prefs
     summary = build_spoken_prefs("corpus/prefs.jsonl", "data/prefs", model_dir="runs/slam/final")
@@ -27,7 +27,6 @@ rejected = a wrong ending) or any jsonl with id/prompt/chosen/rejected text.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,8 +35,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from slam.audio import load_audio
 from slam.errors import SlamError
+from slam.eval.autobleu import auto_bleu
+from slam.model import load_model_tokenizer
+from slam.synth.tts import read_jsonl, synthesize_pairs
 from slam.tokens import SlamInfo
+from slam.units.dataset import iter_rows, read_meta
+from slam.units.tokenize import tokenize_audio
+from slam.units.tokenizer import load_tokenizer, tokenize
 from slam.utils import atomic_write_json, atomic_write_text
 
 FIELDS = ("prompt", "chosen", "rejected")
@@ -47,7 +53,7 @@ AUTO_BLEU_MAX = 0.3
 
 
 @dataclass
-class Pair:
+class PrefPair:
     id: str
     prompt: np.ndarray
     """Units (np.int64, 0..K-1) of the prompt; the model sees `<s> prompt`."""
@@ -69,10 +75,8 @@ def _check_units(units: np.ndarray, info: SlamInfo | None, where: str) -> np.nda
     return u
 
 
-def read_units_prefs(folder: str | Path, info: SlamInfo | None = None) -> tuple[list[Pair], dict]:
+def read_units_prefs(folder: str | Path, info: SlamInfo | None = None) -> tuple[list[PrefPair], dict]:
     """A units dataset with ids `<pair>-prompt|chosen|rejected` -> pairs (in id order) and counts."""
-    from slam.units.dataset import iter_rows, read_meta
-
     folder = Path(folder)
     meta = read_meta(folder)
     if info is not None:
@@ -91,7 +95,7 @@ def read_units_prefs(folder: str | Path, info: SlamInfo | None = None) -> tuple[
             foreign += 1
             continue
         parts[pair_id][field] = _check_units(row["units"], info, f"{folder}: {row['id']}")
-    pairs = [Pair(pid, p["prompt"], p["chosen"], p["rejected"]) for pid, p in sorted(parts.items())
+    pairs = [PrefPair(pid, p["prompt"], p["chosen"], p["rejected"]) for pid, p in sorted(parts.items())
              if len(p) == 3]
     if foreign and not pairs:
         raise SlamError(f"{folder}: no id ends in -prompt/-chosen/-rejected; this is not a preference units "
@@ -101,13 +105,10 @@ def read_units_prefs(folder: str | Path, info: SlamInfo | None = None) -> tuple[
 
 def read_jsonl_prefs(path: str | Path, info: SlamInfo | None = None,
                      tokenizer: Callable[[], Any] | None = None, dedup: bool = True,
-                     progress: bool = True) -> tuple[list[Pair], dict]:
+                     progress: bool = True) -> tuple[list[PrefPair], dict]:
     """prefs.jsonl -> pairs. `tokenizer` is a callable returning the speech tokenizer, called only when an
     audio path is met (a file of units never loads a HuBERT)."""
     from tqdm import tqdm
-
-    from slam.audio import load_audio
-    from slam.units.tokenizer import tokenize
 
     path = Path(path)
     if not path.exists():
@@ -152,12 +153,12 @@ def read_jsonl_prefs(path: str | Path, info: SlamInfo | None = None,
                 units[field] = _check_units(u, info, where)
             else:
                 raise SlamError(f"{where}: {value!r} is neither audio ({', '.join(AUDIO_EXTENSIONS)}) nor .npy")
-        pairs.append(Pair(pid, units["prompt"], units["chosen"], units["rejected"]))
+        pairs.append(PrefPair(pid, units["prompt"], units["chosen"], units["rejected"]))
     return pairs, {"pairs": len(pairs), "incomplete": 0, "other_rows": 0}
 
 
 def load_prefs(path: str | Path, info: SlamInfo, model_dir: str | Path | None = None,
-               progress: bool = True) -> tuple[list[Pair], dict]:
+               progress: bool = True) -> tuple[list[PrefPair], dict]:
     """Either form, checked against the policy model's layout; audio is tokenised with the model's tokenizer."""
     p = Path(path)
     if not p.exists():
@@ -166,8 +167,6 @@ def load_prefs(path: str | Path, info: SlamInfo, model_dir: str | Path | None = 
         pairs, stats = read_units_prefs(p, info)
     elif p.suffix == ".jsonl":
         def tokenizer():
-            from slam.generate import load_model_tokenizer
-
             if model_dir is None:
                 raise SlamError(f"{p}: holds audio; give the model folder whose tokenizer makes the units")
             return load_model_tokenizer(info, model_dir)
@@ -184,8 +183,6 @@ def load_prefs(path: str | Path, info: SlamInfo, model_dir: str | Path | None = 
 # --- the auto-BLEU filter ------------------------------------------------------------------------------------
 def prompt_chosen_auto_bleu(row: dict) -> float:
     """Bigram auto-BLEU of the prompt followed by the chosen continuation (text), as the paper filters."""
-    from slam.eval.autobleu import auto_bleu
-
     return auto_bleu(f"{row['prompt']} {row['chosen']}", n=2)
 
 
@@ -206,8 +203,6 @@ def filter_auto_bleu(rows: list[dict], threshold: float | None = AUTO_BLEU_MAX) 
 
 # --- the SpokenSwag-style builder -----------------------------------------------------------------------------
 def _read_text_triples(path: Path, limit: int | None) -> list[dict]:
-    from slam.synth.tts import read_jsonl
-
     if not path.exists():
         raise SlamError(f"text preference file {str(path)!r} does not exist")
     try:
@@ -240,9 +235,6 @@ def build_spoken_prefs(text_jsonl: str | Path, out_dir: str | Path, model_dir: s
     The tokenizer is the model folder's (its slam.json), or `tokenizer` (a spec string) for a model that
     does not carry one; when both are given their hashes must agree.
     """
-    from slam.synth.tts import synthesize_pairs
-    from slam.units import cli as units_cli
-
     out = Path(out_dir)
     rows = _read_text_triples(Path(text_jsonl), limit)
     kept, dropped = filter_auto_bleu(rows, max_auto_bleu)
@@ -258,10 +250,8 @@ def build_spoken_prefs(text_jsonl: str | Path, out_dir: str | Path, model_dir: s
     dedup = True
     if model_dir is not None:
         dedup = bool(SlamInfo.load(model_dir).tokenizer.get("dedup", True))
-    units_cli.run(argparse.Namespace(
-        audio=str(out / "audio" / "manifest.jsonl"), tokenizer=tok.spec, out=str(out / "units"),
-        no_dedup=not dedup, shard="0/1", workers=workers, batch_size=16, device=device, compile=False,
-        shard_rows=2048))
+    tokenize_audio(out / "audio" / "manifest.jsonl", tok.spec, out / "units", dedup_units=dedup, workers=workers,
+                   batch_size=16, device=device)
     pairs, stats = read_units_prefs(out / "units")
     summary = {"text": str(text_jsonl), "rows": len(rows), "dropped_auto_bleu": len(dropped),
                "max_auto_bleu": max_auto_bleu, "spoken_rows": synth["rows_written"],
@@ -273,8 +263,6 @@ def build_spoken_prefs(text_jsonl: str | Path, out_dir: str | Path, model_dir: s
 
 
 def _builder_tokenizer(model_dir: str | Path | None, spec: str | None, device: str | None) -> Any:
-    from slam.units.tokenizer import load_tokenizer
-
     if model_dir is None and spec is None:
         raise SlamError("--build-prefs needs --model (whose tokenizer makes the units) or --tokenizer SPEC")
     info = SlamInfo.load(model_dir) if model_dir is not None else None
@@ -284,6 +272,4 @@ def _builder_tokenizer(model_dir: str | Path | None, spec: str | None, device: s
             raise SlamError(f"--tokenizer has hash {tok.hash[:12]}, the model {model_dir} was trained on units of "
                             f"{info.tokenizer_hash[:12]}")
         return tok
-    from slam.generate import load_model_tokenizer
-
     return load_model_tokenizer(info, model_dir)

@@ -103,3 +103,49 @@ class SlamInfo:
         if unknown:
             raise SlamError(f"{path}: unknown keys {sorted(unknown)}")
         return cls(**data)
+
+
+# --- interleaved layout --------------------------------------------------------------------------------------
+TEXT_TOKENIZER_DIR = "text_tokenizer"
+"""Folder inside an interleaved model folder that holds its HF text tokenizer."""
+
+
+def interleaved_layout(text_tokenizer: Any, n_units: int, text_rows: int = 0, tokenizer: dict | None = None,
+                       tokenizer_hash: str = "", text_tokenizer_path: str | Path | None = None) -> SlamInfo:
+    """Token layout of the module docstring. `text_rows`: embedding rows of the base text LM (0 = random
+    init, then the tokenizer's length)."""
+    n_text = max(int(text_rows), len(text_tokenizer))
+    eos = text_tokenizer.eos_token_id
+    bos = text_tokenizer.bos_token_id if text_tokenizer.bos_token_id is not None else eos
+    if eos is None:
+        raise SlamError("the text tokenizer has no eos token; an interleaved model needs one to end documents")
+    k = int(n_units)
+    return SlamInfo(n_units=k, tokenizer=dict(tokenizer or {}), tokenizer_hash=tokenizer_hash,
+                    unit_offset=n_text, pad_id=n_text + k + 2, bos_id=bos, eos_id=eos, vocab_size=n_text + k + 3,
+                    text_tokenizer=None if text_tokenizer_path is None else str(text_tokenizer_path),
+                    speech_token_id=n_text + k, text_token_id=n_text + k + 1,
+                    extra={"interleaved": True, "text_vocab_size": len(text_tokenizer)})
+
+
+def is_interleaved(info: SlamInfo) -> bool:
+    return info.speech_token_id is not None and info.text_token_id is not None
+
+
+def require_interleaved(info: SlamInfo) -> None:
+    if not is_interleaved(info):
+        raise SlamError("not an interleaved model: slam.json has no <speech>/<text> marker ids")
+
+
+def unit_ids(info: SlamInfo) -> np.ndarray:
+    return np.arange(info.unit_offset, info.unit_offset + info.n_units)
+
+
+def speech_targets(info: SlamInfo) -> np.ndarray:
+    """Ids a speech segment may continue with: units and the end of the document."""
+    return np.r_[unit_ids(info), info.eos_id]
+
+
+def text_targets(info: SlamInfo) -> np.ndarray:
+    """Ids a text segment may continue with: the text tokenizer's entries (eos is one of them)."""
+    return np.arange(int(info.extra.get("text_vocab_size", info.unit_offset)))
+

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from slam import demo
+from slam.demo import steps as demo
 from slam.cli import COMMANDS, main
 from slam.errors import MissingDependencyError, SlamError
 
@@ -49,7 +49,7 @@ def check_steps_and_commands(fast_demo):
     assert [k for k in demo.STEPS if state["steps"].get(k, {}).get("status") == "done"] == list(demo.STEPS)
     for name in demo.STEPS:
         assert state["steps"][name]["seconds"] > 0
-    # every recorded command is a real `slam` (or python -m slam.*) command line whose arguments its own
+    # every recorded command is a real `slam` command line whose arguments its own
     # subcommand parser accepts: a user can paste it
     n = 0
     for step in state["steps"].values():
@@ -60,9 +60,6 @@ def check_steps_and_commands(fast_demo):
             if argv[0] == "head":  # the k-means fitting sample: the first N lines of the training manifest
                 assert argv[1] == "-n" and argv[4] == ">"
                 continue
-            if argv[0] == "python":
-                assert argv[1:3] in (["-m", "slam.textlm"], ["-m", "slam.report"])
-                continue
             assert argv[0] == "slam" and argv[1] in COMMANDS
             module = __import__(COMMANDS[argv[1]][0], fromlist=["add_arguments"])
             parser = argparse.ArgumentParser(prog=f"slam {argv[1]}")
@@ -72,7 +69,7 @@ def check_steps_and_commands(fast_demo):
     assert n >= 14  # corpus, 5 synth, fit-kmeans, tokenize, prefs, 3 train, dpo, 3 eval, 3 generate
     kinds = [shlex.split(c["command"])[1] for s in state["steps"].values() for c in s["commands"]
              if c["command"].startswith("slam ")]
-    for sub in ("corpus", "synth", "fit-kmeans", "tokenize", "dpo", "eval", "generate"):
+    for sub in ("corpus", "synth", "fit-kmeans", "tokenize", "text-tokenizer", "dpo", "eval", "generate", "report"):
         assert sub in kinds
     assert sum(c["command"].startswith("OMP_NUM_THREADS") for c in state["steps"]["pretrain"]["commands"]) == 3
 
@@ -200,7 +197,7 @@ def check_other_minutes_retrain_on_the_same_data(fast_demo, capsys):
 def test_fresh_refuses_a_folder_the_demo_did_not_make(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(SlamError, match="not deleting"):
-        demo.Demo(tmp_path, demo.make_plan(1, True, 0), 1).load_state(fresh=True)
+        demo.Demo(tmp_path, demo.make_plan(1, True, 0), 1, main).load_state(fresh=True)
     assert (tmp_path / "precious.txt").exists()
 
 
@@ -220,7 +217,7 @@ def test_missing_espeak_names_the_install_command(monkeypatch, tmp_path, capsys)
 def test_text_tokenizer_is_word_level_with_the_speech_special_ids(tmp_path):
     from transformers import AutoTokenizer
 
-    from slam.textlm import train_tokenizer
+    from slam.demo.textlm import train_tokenizer
 
     text = tmp_path / "stories.txt"
     text.write_text("Tom went to the barn. He fed the goat.\nAnna saw two owls near the forest.\n")
@@ -236,14 +233,14 @@ def test_text_tokenizer_is_word_level_with_the_speech_special_ids(tmp_path):
 
 
 def test_demo_recipes_load_and_share_one_model_shape():
-    from slam.train.cli import load
+    from slam.train.config import load
 
     speech, text = load("demo-speech", []), load("demo-text", [])
     assert speech.model.base is None and speech.data.kind == "units"
     assert text.data.kind == "text" and text.model.base is None
     # TWIST: the speech LM takes the text LM's body, so the shapes must be the same
     assert speech.model.config == text.model.config
-    from slam.train.dpo_cli import load as load_dpo
+    from slam.train.dpo import load as load_dpo
 
     cfg = load_dpo("demo-dpo", [])
     assert cfg.dpo.beta == 0.1 and cfg.schedule.name == "inverse_sqrt"
@@ -254,7 +251,7 @@ def test_plan_budgets_follow_minutes():
     assert (p.speech_seconds, p.text_seconds, p.dpo_seconds) == (720, 180, 120)
     assert demo.make_plan(16, fast=True, seed=0).speech_seconds == 8
     with pytest.raises(SlamError, match="positive"):
-        demo.run_demo("unused", minutes=0)
+        demo.run_demo("unused", main, minutes=0)
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -264,7 +261,7 @@ def test_precision_follows_the_cpu(monkeypatch, tmp_path, native):
     plan = demo.make_plan(16, fast=False, seed=0)
     want = "precision=bf16" if native else "precision=fp32"
     assert plan.precision == want.split("=")[1] and plan.topics == 4
-    d = demo.Demo(tmp_path, plan, 1)
+    d = demo.Demo(tmp_path, plan, 1, main)
     for name in ("text", "twist", "scratch"):
         assert want in demo.train_argv(d, name)
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from slam.attention import varlen_kwargs
-from slam.prefs import Pair, filter_auto_bleu, load_prefs, prompt_chosen_auto_bleu, read_jsonl_prefs
+from slam.prefs import PrefPair, filter_auto_bleu, load_prefs, prompt_chosen_auto_bleu, read_jsonl_prefs
 from slam.train.dpo import DPOConfig, Metrics, PairLoader, collate, dpo_loss, encode_pairs, make_loss_fn, \
     sequence_logps
-from slam.train.cli import RECIPES
-from slam.train.dpo_cli import load
+from slam.config import RECIPES
+from slam.train.dpo import load
 
 
 def tiny_model(seed: int = 0, n_units: int = 16, varlen: bool = True):
@@ -29,9 +29,9 @@ def tiny_model(seed: int = 0, n_units: int = 16, varlen: bool = True):
     return model, info
 
 
-def random_pairs(n: int, seed: int = 0, n_units: int = 16) -> list[Pair]:
+def random_pairs(n: int, seed: int = 0, n_units: int = 16) -> list[PrefPair]:
     rng = np.random.default_rng(seed)
-    return [Pair(f"p{i:03d}", rng.integers(0, n_units, rng.integers(1, 9)),
+    return [PrefPair(f"p{i:03d}", rng.integers(0, n_units, rng.integers(1, 9)),
                  rng.integers(0, n_units, rng.integers(1, 7)), rng.integers(0, n_units, rng.integers(1, 7)))
             for i in range(n)]
 
@@ -89,9 +89,9 @@ def test_packed_log_probs_equal_one_forward_per_sequence(varlen):
 def test_reference_stays_frozen_while_the_policy_trains():
     from slam.train import dist
     from slam.train.budget import Budget
-    from slam.train.config import Budget as BudgetConfig
+    from slam.train.config import BudgetConfig
     from slam.train.config import Optim
-    from slam.train.loop import train_step
+    from slam.train.engine import train_step
     from slam.train.optim import build_optimizer
     from contextlib import nullcontext
 

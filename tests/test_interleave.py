@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from slam.interleave import (InterleaveConfig, Utterance, decode, interleave_utterances, interleaved_layout,
-                             span_modalities, spans, split_story, unit_words)
+from slam.data.interleave import InterleaveConfig, decode, interleave_utterances, span_modalities, spans, unit_words
+from slam.data.interleave import TimedUtterance as Utterance
+from slam.eval.cross_modal import split_story
+from slam.tokens import interleaved_layout
 
 SENTENCES = [
     "Ben met Zoe at the park.", "The tomatoes were tall.", "Ben likes to pick the tulips.",
@@ -204,7 +206,7 @@ def test_text_rows_bit_identical_after_twist_init(tmp_path, tok, tied):
     save_model(model, info, tmp_path / "m")
     _, info2 = load_model(tmp_path / "m")
     assert info2.text_tokenizer == "text_tokenizer" and (tmp_path / "m" / "text_tokenizer").is_dir()
-    from slam.interleave import model_text_tokenizer
+    from slam.text import model_text_tokenizer
 
     assert model_text_tokenizer(info2, tmp_path / "m")("Ben met Zoe")["input_ids"] == tok("Ben met Zoe")["input_ids"]
 
@@ -222,7 +224,7 @@ def tiny_interleaved(tok, n_units=20):
 
 def test_masked_scores_are_normalised_over_the_allowed_ids_only(tok):
     from slam.eval.pairs import score_sequences
-    from slam.interleave import speech_targets
+    from slam.tokens import speech_targets
 
     model, info = tiny_interleaved(tok)
     seq = info.units_to_ids([1, 5, 7, 7, 2])
@@ -244,7 +246,7 @@ def test_masked_scores_are_normalised_over_the_allowed_ids_only(tok):
 
 
 def test_generation_draws_units_only_from_text_and_speech_prompts(tok):
-    from slam.interleave import generate_speech
+    from slam.generate import generate_speech
 
     model, info = tiny_interleaved(tok)
     for kw in ({"prompt_text": ["Ben met Zoe", "The cake"]}, {"prompt_units": [[1, 2, 3], [4]]}):
@@ -259,7 +261,7 @@ def test_generation_draws_units_only_from_text_and_speech_prompts(tok):
 
 
 def test_interleaved_recipe_is_the_papers_interleaving_setup():
-    from slam.train.cli import load
+    from slam.train.config import load
 
     cfg = load("slam-interleaved", [])
     assert cfg.data.kind == "interleaved" and cfg.model.base == "Qwen/Qwen2.5-0.5B"
@@ -280,7 +282,7 @@ def test_interleaved_recipe_is_the_papers_interleaving_setup():
 def test_dataset_stream_split_and_chunking(tmp_path, tok, monkeypatch):
     """A units dataset with a `words` column -> interleaved documents: the same for any chunk size, the
     held-out split taken from the one build equals a build of that split, rows without words skipped."""
-    import slam.interleave as il
+    import slam.data.interleave as il
     from slam.data import in_val_split
     from slam.units.dataset import UnitsWriter
 
@@ -300,11 +302,11 @@ def test_dataset_stream_split_and_chunking(tmp_path, tok, monkeypatch):
     assert [chunked.doc(i).tolist() for i in range(27)] == [full.doc(i).tolist() for i in range(27)]
     held = np.array([in_val_split(k, 0.3) for k in full.ids])
     assert 0 < held.sum() < 27
-    val = il._subset(full, held)
+    val = il.subset(full, held)
     direct = il.interleaved_source(tmp_path / "u", info, tok, cfg, seed=5, split="val", val_fraction=0.3,
                                    progress=False)
     assert [val.doc(i).tolist() for i in range(len(val))] == [direct.doc(i).tolist() for i in range(len(direct))]
-    train = il._subset(full, ~held)
+    train = il.subset(full, ~held)
     assert len(train) + len(val) == 27 and int(train.lengths().sum() + val.lengths().sum()) == int(full.lengths().sum())
     # another seed draws other spans
     other = il.interleaved_source(tmp_path / "u", info, tok, cfg, seed=6, progress=False)
@@ -313,7 +315,7 @@ def test_dataset_stream_split_and_chunking(tmp_path, tok, monkeypatch):
 
 def test_stream_needs_interleaved_kind():
     from slam.errors import ConfigError
-    from slam.train.cli import load
+    from slam.train.config import load
 
     with pytest.raises(ConfigError, match="stream"):
         load("slam", ["data.train=[{path: x, stream: speech}]"])
@@ -344,7 +346,7 @@ def test_text_tokenizer_from_a_text_lm_folder_keeps_its_own_class(tmp_path):
     from tokenizers.trainers import WordLevelTrainer
     from transformers import PreTrainedTokenizerFast, Qwen2Config
 
-    from slam.interleave import load_text_tokenizer
+    from slam.text import load_text_tokenizer
 
     tk = Tokenizer(WordLevel(unk_token="<unk>"))
     tk.normalizer = normalizers.Lowercase()

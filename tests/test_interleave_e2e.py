@@ -57,7 +57,7 @@ def test_interleaved_end_to_end(tmp_path):
 
 
 def check_model_folder(run):
-    from slam.interleave import model_text_tokenizer
+    from slam.text import model_text_tokenizer
     from slam.model import load_model
 
     final = run / "run" / "final"
@@ -94,7 +94,8 @@ def check_eval(run):
 def check_scores_only_the_ending(run):
     """The cloze numbers come from the endings: an ending that the model finds likelier scores lower."""
     from slam.eval.pairs import score_sequences
-    from slam.interleave import model_text_tokenizer, speech_targets, text_targets
+    from slam.text import model_text_tokenizer
+    from slam.tokens import speech_targets, text_targets
     from slam.model import load_model
 
     final = run / "run" / "final"

@@ -10,7 +10,8 @@ import pytest
 
 from slam.cli import main
 from slam.config import describe
-from slam.train.cli import RECIPES, load
+from slam.config import RECIPES
+from slam.train.config import load
 from slam.train.config import TrainConfig
 
 # *-dpo.yaml recipes are read by `slam dpo` with their own schema (loaded in tests/test_dpo.py)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from slam.train.budget import Budget
-from slam.train.config import Budget as BudgetCfg
+from slam.train.config import BudgetConfig as BudgetCfg
 from slam.train.config import Optim, Schedule
 from slam.train.optim import AdEMAMix, Optimizers, build_optimizer, set_lr
 from slam.train.schedule import decay_factor, lr_at

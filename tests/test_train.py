@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from slam.train import checkpoint
-from slam.train.cli import load
-from slam.train.loop import train
+from slam.train.config import load
+from slam.train.pretrain import train
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -130,12 +130,12 @@ def test_manifest_fields_reach_the_dataset(corpus, tmp_path):
 
 SLOW_RUN = """
 import sys, time
-import slam.audio, slam.units.cli
+import slam.audio, slam.units.tokenize
 real = slam.audio.load_audio
 def slow(path, *a, **k):
     time.sleep(0.1)  # make the run long enough (~1.7 s with 2 workers) to be killed in the middle
     return real(path, *a, **k)
-slam.units.cli.load_audio = slow
+slam.units.tokenize.load_audio = slow
 from slam.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -27,9 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from slam.audio import find_audio, load_audio
 from slam.errors import SlamError
 from slam.eval.autobleu import auto_bleu
+from slam.eval.pairs import read_storycloze, score_sequences
+from slam.generate import sample_units
 from slam.tokens import SlamInfo
+from slam.units.dataset import dedup as dedup_frames
 
 DEFAULT_ASR = "openai/whisper-large-v3-turbo"
 DEFAULT_TEXT_LM = "meta-llama/Llama-3.2-1B"
@@ -89,8 +93,6 @@ class TextLM:
 
     def nll(self, texts: Sequence[str], batch_tokens: int = 8192) -> list[float | None]:
         """Mean NLL per predicted token of each text; None where there is nothing to predict."""
-        from slam.eval.pairs import score_sequences
-
         ids = [self.token_ids(t) if t.strip() else [] for t in texts]
         keep = [i for i, x in enumerate(ids) if len(x) >= 2]
         out: list[float | None] = [None] * len(texts)
@@ -116,9 +118,6 @@ def genppl_from_nll(nlls: Sequence[float | None]) -> dict[str, Any]:
 
 def prompt_files(folder: str | Path, n: int) -> list[Path]:
     """First n prompts: the positives of a Spoken StoryCloze folder in pair order, else sorted audio files."""
-    from slam.audio import find_audio
-    from slam.eval.pairs import read_storycloze
-
     folder = Path(folder)
     if not folder.exists():
         raise SlamError(f"GenPPL prompts {str(folder)!r} do not exist")
@@ -137,9 +136,6 @@ def evaluate_genppl(model: Any, info: SlamInfo, prompts: str | Path, *, tokenize
                     top_k: int | None = 25, repetition_penalty: float | None = None, seed: int = 0,
                     batch_size: int = 32, dedup: bool = True, progress: bool = True) -> dict[str, Any]:
     """GenPPL and auto-BLEU of `model`; returns the result dict with every transcript in `samples`."""
-    from slam.audio import load_audio
-    from slam.units.dataset import dedup as dedup_frames
-
     t0 = time.perf_counter()
     files = prompt_files(prompts, n_prompts)
     units, durs = [], []
@@ -153,8 +149,6 @@ def evaluate_genppl(model: Any, info: SlamInfo, prompts: str | Path, *, tokenize
             units.append(u), durs.append(d)
         bar.update(len(wavs))
     bar.close()
-    from slam.generate import sample_units
-
     new = sample_units(model, info, units, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                        repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size, progress=progress)
     samples, texts = [], []

@@ -39,8 +39,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from slam.audio import load_audio
 from slam.errors import SlamError
+from slam.model import load_model_tokenizer
 from slam.tokens import SlamInfo
+from slam.units.dataset import dedup as dedup_frames
 from slam.utils import length_batches, read_jsonl, sha256_bytes, sha256_file
 
 LAYOUTS = ("zerospeech-lexical", "zerospeech-syntactic", "storycloze", "pairs.jsonl")
@@ -234,8 +237,6 @@ def tokenize_files(files: Sequence[Path], tokenizer: Any, cache_dir: str | Path 
                    progress: bool = True) -> tuple[dict[Path, np.ndarray], dict[Path, str]]:
     """Raw frame units and content sha256 of each file (frames from the cache when this tokenizer already
     made them for the same bytes)."""
-    from slam.audio import load_audio
-
     cache = FrameCache(cache_dir, tokenizer.hash)
     frames, hashes, todo = {}, {}, []
     for f in files:
@@ -363,8 +364,6 @@ def evaluate_pairs(model: Any, info: SlamInfo, pairs: Benchmark | str | Path, *,
     t0 = time.perf_counter()
     bench = pairs if isinstance(pairs, Benchmark) else read_benchmark(pairs)
     if tokenizer is None:
-        from slam.generate import load_model_tokenizer
-
         tokenizer = load_model_tokenizer(info, root or ".")
     if info.tokenizer_hash and tokenizer.hash != info.tokenizer_hash:
         raise SlamError(f"tokenizer hash {tokenizer.hash[:12]} differs from the model's {info.tokenizer_hash[:12]}")
@@ -372,8 +371,6 @@ def evaluate_pairs(model: Any, info: SlamInfo, pairs: Benchmark | str | Path, *,
         dedup = bool(info.tokenizer.get("dedup", True)) if info.tokenizer else True
     files = bench.files()
     frames, hashes = tokenize_files(files, tokenizer, cache_dir, progress=progress)
-    from slam.units.dataset import dedup as dedup_frames
-
     seqs = []
     for f in files:
         u = dedup_frames(frames[f])[0] if dedup else frames[f]

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from slam.train.config import Budget as BudgetConfig
+from slam.train.config import BudgetConfig
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Loading is strict (slam.config): an unknown key, a wrong type, or a value rejected here ends the run with
 one line naming the dotted field and exit code 2. Checks that need the model or the data (context longer
-than the model's positions, a missing dataset folder) run in `slam.train.loop` before any step, with the
+than the model's positions, a missing dataset folder) run in `slam.train.pretrain` before any step, with the
 same kind of error. Defaults are the paper's final recipe (recipes/slam.yaml restates them).
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from slam.config import check
+from slam.config import check, load_recipe
 from slam.errors import ConfigError, SlamError
-from slam.interleave import InterleaveConfig
+from slam.data.interleave import InterleaveConfig
 from slam.utils import parse_duration
 
 
@@ -61,7 +61,7 @@ class Data:
     """Share of documents held out for validation when `val` is null (chosen by a seeded hash of the id)."""
     kind: Literal["units", "text", "interleaved"] = "units"
     """units = speech units datasets; text = plain text LM pre-training (the demo's text warm-up);
-    interleaved = speech-only, text-only and interleaved streams mixed (slam.interleave)."""
+    interleaved = speech-only, text-only and interleaved streams mixed (slam.data.interleave)."""
     text_tokenizer: str | None = None
     """data.kind=text: folder of the HF tokenizer that turns the text into ids; data.kind=interleaved: the
     text tokenizer (null = model.base's own)."""
@@ -154,7 +154,7 @@ class Schedule:
 
 
 @dataclass
-class Budget:
+class BudgetConfig:
     time: str | None = "24h"
     """Wall-clock training time ("24h", "90m"); counted around training steps only (eval, checkpoints and
     compile warm-up are excluded and reported separately)."""
@@ -217,7 +217,10 @@ class Dist:
 
 
 @dataclass
-class TrainConfig:
+class RunConfig:
+    """What every training stage shares (pre-training and DPO): the run folder, seed, precision, logging and
+    the optimiser, schedule, budget, evaluation, checkpoint and distribution sections."""
+
     out: str = "runs/slam"
     """Run folder: config, provenance, metrics, TensorBoard, checkpoints, final model."""
     resume: bool = False
@@ -227,19 +230,15 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """auto = bf16 autocast on GPU, fp32 on CPU. Master weights and optimiser state stay fp32."""
     compile: bool = False
-    """torch.compile each transformer block (static shapes, so it compiles once; warm-up is not counted)."""
+    """torch.compile each transformer block (pre-training: static shapes, so it compiles once; DPO: dynamic
+    shapes, packed pairs vary in length); the warm-up is not counted in the budget."""
     log_every: int = 10
     """Write a metrics line every this many optimiser steps."""
-    peak_tflops: float | None = None
-    """Peak bf16 dense TFLOP/s of one device for MFU; null = from a table of known GPUs."""
     max_bad_steps: int = 5
     """Consecutive non-finite losses tolerated (each restores the last checkpoint and skips the batch)."""
-    model: Model = field(default_factory=Model)
-    data: Data = field(default_factory=Data)
-    batch: Batch = field(default_factory=Batch)
     optim: Optim = field(default_factory=Optim)
     schedule: Schedule = field(default_factory=Schedule)
-    budget: Budget = field(default_factory=Budget)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: Eval = field(default_factory=Eval)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     dist: Dist = field(default_factory=Dist)
@@ -247,12 +246,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(bool(self.out), "out", "must name a run folder")
         check(self.log_every >= 1, "log_every", "must be >= 1")
-        check(self.peak_tflops is None or self.peak_tflops > 0, "peak_tflops", "must be positive")
         check(self.schedule.min_lr <= self.optim.lr, "schedule.min_lr",
               f"{self.schedule.min_lr} exceeds the peak optim.lr {self.optim.lr}")
         if self.budget.steps is not None:
             check(self.schedule.warmup_min_steps <= self.budget.steps, "schedule.warmup_min_steps",
                   f"{self.schedule.warmup_min_steps} warmup steps exceed budget.steps {self.budget.steps}")
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """`slam train`: pre-training (speech, text or interleaved) from TWIST or random init."""
+
+    peak_tflops: float | None = None
+    """Peak bf16 dense TFLOP/s of one device for MFU; null = from a table of known GPUs."""
+    model: Model = field(default_factory=Model)
+    data: Data = field(default_factory=Data)
+    batch: Batch = field(default_factory=Batch)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.peak_tflops is None or self.peak_tflops > 0, "peak_tflops", "must be positive")
+        if self.budget.steps is not None:
             check(self.batch.size * self.data.context * self.budget.steps > 0, "budget.steps", "empty budget")
         if self.budget.tokens is not None:
             steps = self.budget.tokens // (self.batch.size * self.data.context)
@@ -260,3 +274,9 @@ class TrainConfig:
                   f"{self.budget.tokens} tokens is less than one step of {self.batch.size * self.data.context}")
             check(self.schedule.warmup_min_steps <= steps, "schedule.warmup_min_steps",
                   f"{self.schedule.warmup_min_steps} warmup steps exceed the {steps} steps of budget.tokens")
+
+
+def load(recipe: str, overrides: list[str]) -> TrainConfig:
+    """A pre-training recipe as `slam train` reads it: a YAML file, a shipped name or a run folder, then
+    `key=value` overrides."""
+    return load_recipe(TrainConfig, recipe, overrides)

@@ -19,8 +19,8 @@ the FlashAttention-2 varlen kernel on GPU, one SDPA call per sequence on CPU).
 
 Everything that is not DPO-specific comes from slam.train: the budget (progress p drives the LR, so the
 inverse-sqrt decay ends with the budget), schedule, optimiser, checkpoints (resume continues bit for bit),
-run folder, DDP/FSDP, `train_step` (accumulation, one all-reduce, clip, non-finite guard) and the loop's
-bookkeeping in slam.train.loop (Cadence, recover_non_finite, resume_state, save_checkpoint, log_done).
+run folder, DDP/FSDP, and the loop itself (slam.train.engine.run_loop: accumulation, one all-reduce, clip,
+non-finite guard, cadence of validation and checkpoints). This module adds the `Preference` stage.
 train_step divides the gradients by the global count the loss returns, here the number of pairs, so a step's
 gradient is the mean over its 64 pairs however they fall into micro-batches and ranks.
 
@@ -34,7 +34,7 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,16 +42,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from slam.config import check
+from slam.attention import ATTN_NAME, cu_seqlens_from_position_ids, use_varlen_attention
+from slam.config import check, load_recipe
+from slam.data import in_val_split
 from slam.errors import ConfigError, SlamError
-from slam.train import checkpoint, dist
+from slam.model import count_parameters, load_model, save_model
+from slam.prefs import load_prefs
+from slam.train import dist
 from slam.train.budget import Budget
-from slam.train.config import Budget as BudgetConfig
-from slam.train.config import Checkpoint, Dist, Eval, Optim, Schedule
+from slam.train.config import BudgetConfig, Checkpoint, Eval, Optim, RunConfig, Schedule
 from slam.train.flops import attention_width, batch_flops
-from slam.train.loop import (Cadence, accumulation, advance, autocast, discount_compile, eta_text, log_done,
-                             overhead_text, plain_model, prepare_run_folder, progress_bar, recover_non_finite,
-                             resume_state, save_checkpoint, seed_everything, step_lr, train_step)
+from slam.train.engine import (Session, StepStats, accumulation, autocast, log_done, overhead_text, plain_model,
+                               prepare_run_folder, resume_state, run_loop, seed_everything)
 from slam.train.optim import build_optimizer
 from slam.utils import format_duration
 
@@ -125,44 +127,33 @@ class DPOLoss:
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(RunConfig):
+    """`slam dpo`: the shared run settings (slam.train.config.RunConfig) with DPO's own defaults, plus the
+    starting model, the preference data, the loss and the batch of pairs."""
+
     out: str = "runs/slam-dpo"
-    """Run folder: config, provenance, metrics, TensorBoard, checkpoints, final model."""
-    resume: bool = False
-    """Continue the run in `out` from its newest complete checkpoint."""
     model: str = "runs/slam/final"
     """The starting model (a slam model folder, or a published slamkit folder): the policy starts from it
     and the frozen reference IS it."""
-    seed: int = 0
-    """Seed of the pair order and the validation split."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """auto = bf16 autocast on GPU, fp32 on CPU. Master weights and optimiser state stay fp32."""
-    compile: bool = False
-    """torch.compile each transformer block of the policy (dynamic shapes: packed rows vary in length)."""
-    log_every: int = 10
-    """Write a metrics line every this many optimiser steps."""
-    max_bad_steps: int = 5
-    """Consecutive non-finite losses tolerated (each restores the last checkpoint and skips the batch)."""
     data: DPOData = field(default_factory=DPOData)
     dpo: DPOLoss = field(default_factory=DPOLoss)
     batch: DPOBatch = field(default_factory=DPOBatch)
+    # the paper's DPO: lr 5e-5, inverse-sqrt after 12% warmup, 30 minutes, validation and checkpoints every 200
     optim: Optim = field(default_factory=lambda: Optim(lr=5e-5))
     schedule: Schedule = field(default_factory=lambda: Schedule(name="inverse_sqrt", warmup=0.12,
                                                                 warmup_min_steps=0, min_lr=0.0))
     budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(time="30m"))
     eval: Eval = field(default_factory=lambda: Eval(every_steps=200, batches=0))
     checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(every_steps=200, every_minutes=10))
-    dist: Dist = field(default_factory=Dist)
 
     def __post_init__(self) -> None:
-        check(bool(self.out), "out", "must name a run folder")
+        super().__post_init__()
         check(bool(self.model), "model", "must name the starting model folder")
-        check(self.log_every >= 1, "log_every", "must be >= 1")
-        check(self.schedule.min_lr <= self.optim.lr, "schedule.min_lr",
-              f"{self.schedule.min_lr} exceeds the peak optim.lr {self.optim.lr}")
-        if self.budget.steps is not None:
-            check(self.schedule.warmup_min_steps <= self.budget.steps, "schedule.warmup_min_steps",
-                  f"{self.schedule.warmup_min_steps} warmup steps exceed budget.steps {self.budget.steps}")
+
+
+def load(recipe: str, overrides: list[str]) -> DPOConfig:
+    """A DPO recipe as `slam dpo` reads it: a YAML file, a shipped name or a run folder, then overrides."""
+    return load_recipe(DPOConfig, recipe, overrides)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -199,8 +190,6 @@ def collate(pairs: EncodedPairs, index: np.ndarray) -> dict[str, Any]:
     The completion tokens are the targets: `target_pos` = the row positions whose logits predict one (the
     token before it), `target_ids` = that token, `target_owner` = its sequence. Computed here, on the host,
     so the forward needs no boolean mask (no device sync) and only those rows of the logits are scored."""
-    from slam.attention import cu_seqlens_from_position_ids
-
     ids, pos, tpos, tids, town = [], [], [], [], []
     start = 0
     for j, i in enumerate(index):
@@ -274,9 +263,6 @@ class PairLoader:
 
 def load_pairs(cfg: DPOConfig, info: Any, main: bool = True) -> tuple[EncodedPairs, np.ndarray, np.ndarray, dict]:
     """All pairs (train then val) as ids, the train and val indices into them, and counts for the log."""
-    from slam.data import in_val_split
-    from slam.prefs import load_prefs
-
     try:
         train, stats = load_prefs(cfg.data.train, info, model_dir=cfg.model, progress=main)
         val = load_prefs(cfg.data.val, info, model_dir=cfg.model, progress=main)[0] if cfg.data.val else []
@@ -300,8 +286,6 @@ def load_pairs(cfg: DPOConfig, info: Any, main: bool = True) -> tuple[EncodedPai
 # --- forward ------------------------------------------------------------------------------------------------
 def sequence_logps(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) summed completion log-probs [B] of a collated micro-batch, in one forward."""
-    from slam.attention import ATTN_NAME
-
     hf = dist.unwrap(model)
     kwargs: dict[str, Any] = {}
     if getattr(hf.config, "_attn_implementation", None) == ATTN_NAME:
@@ -447,9 +431,6 @@ def load_start_model(cfg: DPOConfig, device: torch.device, trainable: bool) -> t
     FlashAttention-2 varlen kernel on GPU, a per-sequence SDPA loop on CPU. transformers' own SDPA path would
     build a dense [T, T] mask over the whole row, ~2B times the attention work for 2B sequences
     (bench/dpo.py: measured slower than the per-sequence loop on CPU)."""
-    from slam.attention import use_varlen_attention
-    from slam.model import load_model
-
     try:
         model, info = load_model(cfg.model, dtype=torch.float32)
     except SlamError as e:
@@ -475,8 +456,6 @@ def dpo(cfg: DPOConfig) -> Path:
 
 
 def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
-    from slam.model import count_parameters
-
     t_setup = time.perf_counter()
     seed_everything(cfg.seed)
     policy, info = load_start_model(cfg, env.device, trainable=True)  # a bad model= fails before any write
@@ -529,85 +508,21 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     accum = accumulation(cfg, env, " pairs")
     loader = PairLoader(train_idx, cfg.batch.micro, cfg.seed, env.rank, env.world, fingerprint=pairs.fingerprint())
     metrics = Metrics()
-    loss_fn = make_loss_fn(reference, cfg.dpo.beta, metrics)
-    ref_flops = 0.0 if ref_table is not None else 2.0 * n_params  # the reference's forward, per token
-
-    step = 0
-    flops_total = 0.0
+    s = Session(cfg, env, run, model, optimizer, budget, loader, make_loss_fn(reference, cfg.dpo.beta, metrics),
+                amp, accum, "slam dpo")
     if resume_from is not None:
-        step, flops_total = resume_state(resume_from, model, optimizer, budget, loader, run, env)
+        s.step, s.flops = resume_state(resume_from, model, optimizer, budget, loader, run, env)
     elif cfg.resume and env.main:
         print(f"slam dpo: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
-    if env.main and step == 0:
+    s.last_good = resume_from
+    if env.main and s.step == 0:
         run.log("event", 0, event="data", **counts)
     setup_s = time.perf_counter() - t_setup
 
-    def validate() -> dict[str, float] | None:
-        if len(val_idx) < env.world:
-            return None
-        with budget.overhead_of("eval"):
-            v = evaluate_pairs(model, loss_fn, metrics, pairs, val_idx, cfg.batch.micro, env, amp, ref_table,
-                               cfg.eval.batches)
-        run.log("val", step, flops=flops_total, progress=budget.progress(), **v)
-        return v
-
-    last_good = checkpoint.latest(run.checkpoints)
-    cadence = Cadence(cfg, budget)
-    bad_in_row = 0
-    window = {"pairs": 0, "tokens": 0, "seconds": 0.0}
-    bar = progress_bar(budget, env)
-    model.train()
-    last: dict[str, float] = {}
-    first_step = True
-    while not budget.done():
-        lr = step_lr(cfg, optimizer, budget, step)
-        metrics.reset()
-        t0 = time.perf_counter()
-        with budget.step():  # batching is part of a step's time, as in pre-training
-            micro = [with_reference(to_device(collate(pairs, loader.next()), env.device), ref_table)
-                     for _ in range(accum)]
-            stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
-        dt = time.perf_counter() - t0
-        compiled_now = cfg.compile and first_step
-        first_step = False
-        if compiled_now:  # the first step of every process compiles: warm-up is not training time
-            discount_compile(budget, dt)
-        m = metrics.reduce(env.device)
-        budget.add(steps=1, tokens=m["tokens"])
-        step += 1
-        if not stats.finite:
-            bad_in_row = recover_non_finite(stats, step, bad_in_row, last_good, model, optimizer, budget, run, env,
-                                            cfg.max_bad_steps, "slam dpo")
-            continue
-        bad_in_row = 0
-        flops_total += batch_flops(n_params, m["tokens"], stats.pairs, layers, width) + ref_flops * m["tokens"]
-        if not compiled_now:
-            window["pairs"] += m["pairs"]
-            window["tokens"] += m["tokens"]
-            window["seconds"] += dt
-        last = m
-        if step % cfg.log_every == 0 or budget.done() or step == 1:
-            sec = max(window["seconds"], 1e-9)
-            run.log("train", step, loss=stats.loss, reward_accuracy=m["reward_accuracy"],
-                    reward_chosen=m["reward_chosen"], reward_rejected=m["reward_rejected"],
-                    reward_margin=m["reward_margin"], lr=lr, grad_norm=stats.grad_norm, pairs=m["pairs"],
-                    tokens=budget.tokens, pairs_per_s=window["pairs"] / sec, tok_per_s=window["tokens"] / sec,
-                    flops=flops_total, progress=budget.progress(), train_hours=budget.seconds / 3600)
-            bar.set_description_str(
-                f"step {step} | loss {stats.loss:.4f} | acc {m['reward_accuracy']:.2f} | margin "
-                f"{m['reward_margin']:+.3f} | lr {lr:.2e} | {window['pairs'] / sec:.1f} pairs/s" + eta_text(budget),
-                refresh=False)
-            window = {"pairs": 0, "tokens": 0, "seconds": 0.0}
-        advance(bar, budget)
-        if cadence.eval_due(step):
-            validate()
-        if cadence.checkpoint_due(step):
-            last_good = save_checkpoint(run, step, model, optimizer, budget, loader, flops_total, cfg, env)
-            cadence.checkpointed()
-    bar.close()
-
-    val = validate()
-    last_good = save_checkpoint(run, step, model, optimizer, budget, loader, flops_total, cfg, env)
+    ref_flops = 0.0 if ref_table is not None else 2.0 * n_params  # the reference's forward, per token
+    stage = Preference(s, pairs, val_idx, ref_table, metrics, n_params, layers, width, ref_flops)
+    val = run_loop(s, stage)
+    step, last = s.step, stage.last
     start_extra = dict(info.extra)
     info.extra = {**{k: v for k, v in start_extra.items() if k != "train"}, "pretrain": start_extra.get("train"),
                   "dpo": {"start_model": str(cfg.model), "beta": cfg.dpo.beta, "pairs": counts["train_pairs"],
@@ -616,7 +531,7 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
                            "train_seconds": round(budget.seconds, 1)}
     with budget.overhead_of("final"):
         final = save_final(model, info, run.final, env, tokenizer_root=cfg.model)
-    log_done(run, step, budget, setup_s, flops_total, val=val)
+    log_done(run, step, budget, setup_s, s.flops, val=val)
     if env.main:
         over = overhead_text(budget)
         val_txt = "no validation pairs"
@@ -631,16 +546,61 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
               f"spent; outside it: setup {format_duration(setup_s)}{', ' + over if over else ''}); beta "
               f"{cfg.dpo.beta}, reference {'precomputed' if ref_table is not None else 'run every step'}; "
               f"{last_txt}; {val_txt}. Wrote {final} (model folder), {run.folder}/metrics.jsonl, loss.png, "
-              f"TensorBoard events and checkpoints/{last_good.name}.")
+              f"TensorBoard events and checkpoints/{s.last_good.name}.")
     run.close()
     return final
 
 
+class Preference:
+    """DPO's side of the loop (slam.train.engine.Stage): micro-batches of packed pairs with their reference
+    log-probs, pairs/s and reward statistics in the log, validation on held-out pairs."""
+
+    def __init__(self, s: Session, pairs: EncodedPairs, val_idx: np.ndarray, ref_table: torch.Tensor | None,
+                 metrics: Metrics, n_params: int, layers: int, width: int, ref_flops: float) -> None:
+        self.s, self.pairs, self.val_idx, self.ref_table, self.metrics = s, pairs, val_idx, ref_table, metrics
+        self.n_params, self.layers, self.width, self.ref_flops = n_params, layers, width, ref_flops
+        self.m: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+
+    def batches(self) -> list[dict]:
+        s = self.s
+        self.metrics.reset()
+        return [with_reference(to_device(collate(self.pairs, s.data.next()), s.env.device), self.ref_table)
+                for _ in range(s.accum)]
+
+    def finish(self, stats: StepStats) -> tuple[int, float, dict[str, float]]:
+        m = self.m = self.metrics.reduce(self.s.env.device)  # a collective: every rank, finite or not
+        if stats.finite:
+            self.last = m
+        flops = batch_flops(self.n_params, m["tokens"], stats.pairs, self.layers, self.width) + self.ref_flops * m["tokens"]
+        return m["tokens"], flops, {"pairs": m["pairs"], "tokens": m["tokens"]}
+
+    def log(self, step: int, stats: StepStats, lr: float, window: dict[str, float], seconds: float
+            ) -> tuple[dict[str, Any], str]:
+        s, m = self.s, self.m
+        sec = max(seconds, 1e-9)
+        fields = dict(loss=stats.loss, reward_accuracy=m["reward_accuracy"], reward_chosen=m["reward_chosen"],
+                      reward_rejected=m["reward_rejected"], reward_margin=m["reward_margin"], lr=lr,
+                      grad_norm=stats.grad_norm, pairs=m["pairs"], tokens=s.budget.tokens,
+                      pairs_per_s=window.get("pairs", 0) / sec, tok_per_s=window.get("tokens", 0) / sec,
+                      flops=s.flops, progress=s.budget.progress(), train_hours=s.budget.seconds / 3600)
+        desc = (f"step {step} | loss {stats.loss:.4f} | acc {m['reward_accuracy']:.2f} | margin "
+                f"{m['reward_margin']:+.3f} | lr {lr:.2e} | {window.get('pairs', 0) / sec:.1f} pairs/s")
+        return fields, desc
+
+    def validate(self, step: int) -> dict[str, float] | None:
+        s = self.s
+        if len(self.val_idx) < s.env.world:
+            return None
+        with s.budget.overhead_of("eval"):
+            v = evaluate_pairs(s.model, s.loss_fn, self.metrics, self.pairs, self.val_idx, s.cfg.batch.micro, s.env,
+                               s.amp, self.ref_table, s.cfg.eval.batches)
+        s.run.log("val", step, flops=s.flops, progress=s.budget.progress(), **v)
+        return v
+
 
 def save_final(model: nn.Module, info: Any, folder: Path, env: dist.Env, tokenizer_root: str) -> Path:
     """`final/`, a model folder; the speech tokenizer files are copied from the starting model's folder."""
-    from slam.model import save_model
-
     bare = plain_model(model, env)
     if bare is not None:
         save_model(bare, info, folder, tokenizer_root=tokenizer_root)

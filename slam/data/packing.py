@@ -26,177 +26,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from slam.attention import cu_seqlens_from_position_ids
+from slam.data.sources import ArraySource, DocumentSource
 from slam.errors import SlamError
-from slam.tokens import SlamInfo
 
 IGNORE = -100
-
-
-# --- document sources ----------------------------------------------------------------------------------------
-class DocumentSource(Protocol):
-    """Anything with random access to documents: `len`, `lengths()` (tokens per document) and `doc(i)`."""
-
-    name: str
-
-    def __len__(self) -> int: ...
-
-    def lengths(self) -> np.ndarray: ...
-
-    def doc(self, i: int) -> np.ndarray: ...
-
-
-def in_val_split(key: str, val_fraction: float) -> bool:
-    """Deterministic held-out membership from a hash of the document id (stable across runs and machines,
-    unlike Python's `hash`): the same utterance is held out whatever the shard layout or dataset order."""
-    if val_fraction <= 0:
-        return False
-    h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-    return h / 2**64 < val_fraction
-
-
-def _select(keys: Sequence[str], split: str, val_fraction: float) -> np.ndarray:
-    if split not in ("train", "val", "all"):
-        raise SlamError(f"split must be train, val or all, got {split!r}")
-    if split == "all":
-        return np.ones(len(keys), dtype=bool)
-    val = np.fromiter((in_val_split(k, val_fraction) for k in keys), dtype=bool, count=len(keys))
-    return val if split == "val" else ~val
-
-
-class ArraySource:
-    """Documents held as one flat array + offsets (compact: 2 bytes per token for uint16 units)."""
-
-    def __init__(self, docs: Iterable[Any] | None = None, name: str = "docs", *, flat: np.ndarray | None = None,
-                 offsets: np.ndarray | None = None, transform: Any = None) -> None:
-        self.name = name
-        if docs is not None:
-            arrays = [np.asarray(d, dtype=np.int64) for d in docs]
-            lens = np.array([len(a) for a in arrays], dtype=np.int64)
-            flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
-            offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        if flat is None or offsets is None:
-            raise SlamError("ArraySource needs documents, or flat + offsets")
-        self.flat, self.offsets = flat, offsets
-        self._transform = transform  # raw slice -> ids (e.g. units -> <s> ids <s>)
-        # tokens the transform adds (bos + eos; + <speech> for interleaved models)
-        self._extra = 0 if transform is None else len(transform(flat[:0]))
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets) + self._extra
-
-    def doc(self, i: int) -> np.ndarray:
-        raw = self.flat[self.offsets[i]:self.offsets[i + 1]]
-        return raw.astype(np.int64) if self._transform is None else self._transform(raw)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return (self.doc(i) for i in range(len(self)))
-
-
-def units_layout(folders: str | Path | Sequence[str | Path]) -> SlamInfo:
-    """The speech-only token layout for units datasets (pad 0, <s> 1, K units from 2), with the datasets'
-    tokenizer spec made absolute (so `save_model` can copy its k-means into every model folder) and their
-    dedup setting recorded. Datasets made by different tokenizers or dedup settings are refused."""
-    from slam.units.dataset import read_meta
-
-    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-    if not folders:
-        raise SlamError("no units dataset given")
-    metas = [(Path(f), read_meta(f)) for f in folders]
-    first_path, first = metas[0]
-    for path, meta in metas[1:]:
-        for key in ("tokenizer_hash", "n_units", "dedup"):
-            if meta.get(key) != first.get(key):
-                raise SlamError(f"{path} has {key}={meta.get(key)!r} but {first_path} has {first.get(key)!r}; "
-                                f"units of different tokenizers never mix")
-    n_units = int(first.get("n_units") or 0)
-    if n_units <= 0:
-        raise SlamError(f"{first_path}/meta.json has no positive n_units")
-    spec = dict(first.get("tokenizer") or {})
-    if spec.get("kmeans") and not Path(spec["kmeans"]).is_absolute():
-        spec["kmeans"] = str((first_path / spec["kmeans"]).resolve())
-    if spec.get("model") and not Path(str(spec["model"])).is_absolute() and (first_path / spec["model"]).is_dir():
-        spec["model"] = str((first_path / spec["model"]).resolve())
-    if "dedup" in first:
-        spec["dedup"] = bool(first["dedup"])
-    return SlamInfo(n_units=n_units, tokenizer=spec, tokenizer_hash=str(first.get("tokenizer_hash") or ""))
-
-
-def units_source(folders: str | Path | Sequence[str | Path], info: SlamInfo, split: str = "all",
-                 val_fraction: float = 0.0, name: str | None = None) -> ArraySource:
-    """One or several units dataset folders -> documents `<s> units+offset <s>` (ids via SlamInfo).
-
-    Rows are read in id order (slam.units.dataset), so the document set never depends on shard layout.
-    Units must fit the model's vocabulary, and a dataset written by another tokenizer is refused.
-    """
-    import pyarrow.compute as pc
-
-    from slam.units.dataset import load_table, read_meta
-
-    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-    flats, lens_all = [], []
-    for folder in folders:
-        meta = read_meta(folder)
-        if int(meta.get("n_units", 0)) > info.n_units:
-            raise SlamError(f"{folder}: units dataset has n_units={meta['n_units']}, the model only "
-                            f"{info.n_units} units")
-        if info.tokenizer_hash and meta.get("tokenizer_hash") and meta["tokenizer_hash"] != info.tokenizer_hash:
-            raise SlamError(f"{folder}: units were made by tokenizer {meta['tokenizer_hash'][:12]}, the model "
-                            f"expects {info.tokenizer_hash[:12]} (units of different tokenizers never mix)")
-        table = load_table(folder, ["id", "units"])
-        keep = _select(table.column("id").to_pylist(), split, val_fraction)
-        units = table.column("units").filter(keep) if not keep.all() else table.column("units")
-        lens = pc.list_value_length(units).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat = pc.list_flatten(units).to_numpy(zero_copy_only=False).astype(np.uint16, copy=False)
-        nonempty = lens > 0
-        if not nonempty.all():  # an empty utterance would only teach <s> -> <s>; it owns no units anyway
-            lens = lens[nonempty]
-        flats.append(flat)
-        lens_all.append(lens)
-    flat = np.concatenate(flats) if flats else np.zeros(0, np.uint16)
-    lens = np.concatenate(lens_all) if lens_all else np.zeros(0, np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    if flat.size and int(flat.max()) >= info.n_units:
-        raise SlamError(f"{folders}: unit id {int(flat.max())} >= n_units {info.n_units}")
-    label = name or "+".join(Path(f).name for f in folders)
-    return ArraySource(name=label, flat=flat, offsets=offsets, transform=info.units_to_ids)
-
-
-def text_source(files: str | Path | Sequence[str | Path], tokenizer: Any, split: str = "all",
-                val_fraction: float = 0.0, name: str | None = None, bos_id: int | None = None,
-                eos_id: int | None = None) -> ArraySource:
-    """Plain text files, one document per non-empty line, tokenized by an HF tokenizer (object or folder)
-    and wrapped `bos ... eos` with the tokenizer's own specials (eos on both sides if it has no bos)."""
-    if isinstance(tokenizer, (str, Path)):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
-    bos = bos_id if bos_id is not None else (tokenizer.bos_token_id if tokenizer.bos_token_id is not None
-                                             else tokenizer.eos_token_id)
-    eos = eos_id if eos_id is not None else tokenizer.eos_token_id
-    if bos is None or eos is None:
-        raise SlamError("the text tokenizer has no bos/eos token; pass bos_id and eos_id")
-    files = [files] if isinstance(files, (str, Path)) else list(files)
-    lines: list[str] = []
-    for f in files:
-        p = Path(f)
-        if not p.exists():
-            raise SlamError(f"text file {str(p)!r} does not exist")
-        lines.extend(line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip())
-    lines = [t for t, k in zip(lines, _select(lines, split, val_fraction)) if k]
-    ids = tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []
-    docs = [np.concatenate([[bos], np.asarray(t, dtype=np.int64), [eos]]) for t in ids]
-    return ArraySource(docs, name=name or "+".join(Path(f).name for f in files))
-
+"""Label of a position that is not predicted (a chunk's first token, padding): cross_entropy's ignore_index."""
 
 # --- epoch plan ----------------------------------------------------------------------------------------------
 @dataclass
@@ -402,8 +242,6 @@ def to_batch(input_ids: np.ndarray, position_ids: np.ndarray, labels: np.ndarray
     `torch.compile(dynamic=False)` the number of documents in a batch stops being a new shape every step
     (~5 documents per 1024-token row: with 64, a [8, 1024] batch almost always has one shape).
     """
-    from slam.attention import cu_seqlens_from_position_ids
-
     cu, _ = cu_seqlens_from_position_ids(position_ids)
     if cu_bucket > 0:
         n = -(-(len(cu) - 1) // cu_bucket) * cu_bucket
@@ -434,70 +272,3 @@ def batch_to(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-# --- loss ----------------------------------------------------------------------------------------------------
-def _hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The HF model inside DDP / torch.compile wrappers (for its config)."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "_orig_mod", model)
-
-
-def _ensure_packing_safe(hf: torch.nn.Module) -> None:
-    """Once per model: if its attention path would let packed documents see each other (OPT on SDPA, any
-    model not in float32...), switch it to "slam_varlen", which is exact everywhere. Costs one forward of
-    11 tokens; a loop that already called slam.attention.prepare_packed_attention skips it."""
-    from slam.attention import ATTN_NAME, packing_leaks, use_varlen_attention
-
-    if getattr(hf.config, "_attn_implementation", None) != ATTN_NAME:
-        with torch.autocast(next(hf.parameters()).device.type, enabled=False):
-            leaks = packing_leaks(hf)
-        if leaks:
-            import warnings
-
-            warnings.warn(f"{type(hf).__name__}: its {hf.config._attn_implementation} attention path lets packed "
-                          f"documents attend to each other; switching to {ATTN_NAME}", stacklevel=3)
-            use_varlen_attention(hf)
-    hf._slam_packing_checked = True
-
-
-def causal_lm_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of token NLLs, number of predicted tokens) of a packed batch.
-
-    Token-weighted on purpose: the loop sums both over micro-batches (and ranks) and divides once by the
-    global token count, so gradient accumulation equals one big batch exactly. Always `use_cache=False`, never
-    an attention_mask (an all-ones mask disables transformers' packing detection); the varlen boundaries are
-    passed only to models running "slam_varlen" attention. The first call on a model checks that its
-    attention path keeps packed documents apart (and switches to "slam_varlen" if not).
-    """
-    from slam.attention import ATTN_NAME
-
-    hf = _hf_model(model)
-    if not getattr(hf, "_slam_packing_checked", False):
-        _ensure_packing_safe(hf)
-    kwargs: dict[str, Any] = {}
-    if getattr(hf.config, "_attn_implementation", None) == ATTN_NAME:
-        kwargs = {k: batch[k] for k in ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
-                   **kwargs).logits
-    labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1]
-    loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                               ignore_index=IGNORE, reduction="sum")
-    return loss_sum, (labels != IGNORE).sum()
-
-
-@torch.no_grad()
-def evaluate_loss(model: torch.nn.Module, batches: Iterable[dict[str, Any]], device: torch.device | str = "cpu",
-                  max_batches: int | None = None) -> tuple[float, int]:
-    """Mean per-token loss over batches (e.g. a one-epoch validation PackedLoader) and its token count."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        loss_sum, n = causal_lm_loss(model, batch_to(batch, device))
-        total += float(loss_sum)
-        count += int(n)
-    model.train(was_training)
-    return (total / count if count else float("nan")), count

@@ -1,6 +1,6 @@
 """The demo's report: report.md and a self-contained report.html from what the demo folder holds.
 
-    python -m slam.report demo-out          # (re)write demo-out/report.md, report.html, loss_curves.png, accuracy.png
+    slam report demo-out          # (re)write demo-out/report.md, report.html, loss_curves.png, accuracy.png
 
 Everything is read back from the files the stages wrote (nothing is typed in by hand): demo.json (plan,
 machine, per-step commands and timings), corpus/corpus.json, units/train/meta.json, runs/*/metrics.jsonl
@@ -15,10 +15,10 @@ import base64
 import html
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
+from slam.train.run import read_metrics
 from slam.utils import atomic_write_text, format_duration
 
 MODELS = ("scratch", "twist", "twist-dpo")
@@ -35,8 +35,6 @@ def _read_json(path: Path) -> Any:
 
 
 def _metrics(run: Path) -> list[dict]:
-    from slam.train.run import read_metrics
-
     return read_metrics(run)
 
 
@@ -422,17 +420,3 @@ def summary_paragraph(out: str | Path, state: dict, wall: float) -> str:
             + (f" (reused steps: {', '.join(reused)})" if reused else "") + ". Accuracy % [95% CI], chance 50: "
             + ("; ".join(parts) or "no model evaluated") + f". Report: {Path(out) / 'report.html'} (and report.md, "
             f"loss_curves.png, accuracy.png, generated audio in {Path(out) / 'generate'}).")
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: python -m slam.report DEMO_DIR", file=sys.stderr)
-        return 2
-    md, page = write_report(argv[0])
-    print(f"wrote {md} and {page}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

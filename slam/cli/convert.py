@@ -17,7 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from slam.errors import SlamError
+from slam.model import _resolve_folder, convert_slamkit, count_parameters, load_model
+from slam.units.tokenizer import load_tokenizer
 
 DTYPES = ("keep", "float32", "bfloat16", "float16")
 
@@ -35,17 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from slam.model import convert_slamkit, count_parameters, load_model
-
     dtype = None if args.dtype == "keep" else getattr(torch, args.dtype)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as td:
         spec, spec_hash = None, ""
         if args.tokenizer:
-            from slam.units.tokenizer import load_tokenizer
-
             p = Path(args.tokenizer)
             if p.suffix == ".json" and p.is_file():
                 try:
@@ -55,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
                 tok = load_tokenizer(raw, root=p.parent)
             else:
                 tok = load_tokenizer(args.tokenizer)
-            from slam.model import _resolve_folder
-
             cfg = json.loads((_resolve_folder(args.src) / "config.json").read_text())
             n_model = int(cfg.get("vocab_size") or 0) - 2
             if tok.n_units != n_model:

@@ -1,6 +1,7 @@
-"""The one `slam` command. Thin on purpose: each subcommand lives in its stage's module, which exposes
-`add_arguments(parser)` and `run(args) -> int`. Modules are imported only when their subcommand runs, so
-`slam --help` stays fast and a broken optional stage cannot break the others."""
+"""The one `slam` command. Thin on purpose: each subcommand is a short module of this package exposing
+`add_arguments(parser)` and `run(args) -> int`, which parses nothing itself and calls one library function.
+A subcommand's module is imported only when it runs, so `slam --help` stays fast and a broken optional stage
+cannot break the others. User errors (SlamError) end as one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ from slam.errors import SlamError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "corpus": ("slam.synth.corpus_cli", "write the built-in story text, benchmark pairs and preference text"),
-    "synth": ("slam.synth.cli", "speak a text file with a TTS into wavs + manifest.jsonl"),
-    "fit-kmeans": ("slam.units.cli_kmeans", "fit the k-means of a tokenizer on frames of an audio folder"),
-    "tokenize": ("slam.units.cli", "speech -> units dataset (parquet shards + meta.json)"),
-    "train": ("slam.train.cli", "pre-train a speech LM within a budget"),
-    "dpo": ("slam.train.dpo_cli", "preference optimisation (DPO) on spoken preference pairs"),
-    "eval": ("slam.eval.cli", "sBLIMP / sSC / tSC / sWUGGY pair metrics and GenPPL"),
-    "generate": ("slam.generate", "continue a spoken prompt and vocode the result"),
-    "convert": ("slam.model_cli", "convert a published slamkit checkpoint into a slam model folder"),
-    "demo": ("slam.demo", "the whole recipe in miniature, end to end on a CPU"),
+    "corpus": ("slam.cli.corpus", "Write the built-in story text, benchmark pairs and preference text."),
+    "synth": ("slam.cli.synth", "Speak a text file with a TTS into wavs and a manifest.jsonl."),
+    "fit-kmeans": ("slam.cli.fit_kmeans", "Fit the k-means of a tokenizer on frames of an audio folder."),
+    "tokenize": ("slam.cli.tokenize", "Turn speech into a units dataset (parquet shards and meta.json)."),
+    "train": ("slam.cli.train", "Pre-train a speech LM within a budget."),
+    "prefs": ("slam.cli.prefs", "Build spoken preference pairs (text triples -> speech -> units) for DPO."),
+    "dpo": ("slam.cli.dpo", "Align a speech LM with preference optimisation (DPO) on spoken pairs."),
+    "eval": ("slam.cli.eval", "Score a model on sBLIMP / sWUGGY / sSC / tSC pairs and GenPPL."),
+    "generate": ("slam.cli.generate", "Continue a spoken (or text) prompt and vocode the result."),
+    "convert": ("slam.cli.convert", "Convert a published slamkit checkpoint into a slam model folder."),
+    "demo": ("slam.cli.demo", "Run the whole recipe in miniature, end to end on a CPU."),
+    "report": ("slam.cli.report", "Write the report of a demo folder (markdown, HTML and plots)."),
+    "text-tokenizer": ("slam.cli.text_tokenizer", "Fit a word-level text tokenizer (the demo's text LM)."),
 }
 
 
@@ -62,6 +66,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slam {name}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,17 +1,18 @@
-"""Budget-aware packed pre-training: `train(cfg)` turns units datasets into a speech LM within a budget.
+"""The training engine every stage shares: one optimiser step, validation, the loop around them, and its
+bookkeeping (budget-driven LR, cadence of validation and checkpoints, non-finite recovery, resume, progress).
 
-Reads top to bottom: set up (process group, run folder, model, data, optimiser, budget), maybe resume, then
-loop { LR from budget progress -> accumulate micro-batches -> one all-reduce -> clip -> step -> log /
-validate / checkpoint } until the budget is spent, then write `final/`. The pieces (Budget, lr_at,
-build_optimizer, checkpoint.save/load, dist, Run) are small modules of their own so that the DPO stage and
-interleaved training reuse them; `train_step` and `evaluate` below are reusable too, and so is the loop's
-bookkeeping that slam/train/dpo.py repeats step for step (Cadence: is a validation / checkpoint due;
-recover_non_finite; resume_state, save_checkpoint, log_done, the progress bar).
+A stage (slam.train.pretrain, slam.train.dpo) sets up its model, data and loss, then hands `run_loop` a
+`Session` (what every loop needs) and a `Stage` (what differs: where micro-batches come from, what a step
+counts, what its log line says, how it validates). The loop reads top to bottom:
 
-Loss normalisation: every micro-batch's backward runs on its summed token loss; after accumulation the
-gradients are scaled by world / (tokens of the whole step on all ranks). That is the exact token-weighted
-mean over the step however the tokens fall into micro-batches and ranks, so 2 processes x accumulation A
-match 1 process x accumulation 2A (tested), and no micro-batch with few tokens is over-weighted.
+    while budget left: LR from budget progress -> accumulate micro-batches -> one all-reduce -> clip -> step
+                       -> log / validate / checkpoint when due
+    then: validate, checkpoint
+
+Loss normalisation: every micro-batch's backward runs on its summed loss (token NLLs, or DPO pair losses);
+after accumulation the gradients are scaled by world / (count of the whole step on all ranks). That is the
+exact mean over the step however the items fall into micro-batches and ranks, so 2 processes x accumulation
+A match 1 process x accumulation 2A (tested), and no micro-batch with few tokens is over-weighted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -31,11 +32,10 @@ from tqdm import tqdm
 
 from slam.errors import ConfigError, SlamError
 from slam.train import checkpoint, dist
-from slam.train import data_io
 from slam.train.budget import Budget
-from slam.train.config import TrainConfig
-from slam.train.flops import attention_width, batch_flops, doc_pairs, peak_tflops
-from slam.train.optim import build_optimizer, set_lr
+from slam.train.config import RunConfig
+from slam.train.flops import doc_pairs
+from slam.train.optim import set_lr
 from slam.train.run import Run
 from slam.train.schedule import lr_at
 from slam.utils import format_duration
@@ -48,32 +48,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(cfg: TrainConfig, device: torch.device):
+def autocast(cfg: RunConfig, device: torch.device):
     """bf16 autocast on GPU (the paper), fp32 on CPU unless asked; weights and optimiser stay fp32."""
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
-
-
-def build_model(cfg: TrainConfig, layout: Any) -> tuple[nn.Module, Any]:
-    """TWIST init from `model.base`, or random init from `model.config`, with the data's token layout
-    (a SlamInfo); fp32 master weights."""
-    from slam.model import random_init, twist_init
-
-    m = cfg.model
-    try:
-        if m.base is not None:
-            model, info = twist_init(m.base, layout.n_units, unit_init=m.unit_init, rope_theta=m.rope_theta,
-                                     seed=cfg.seed, info=layout)
-        else:
-            model, info = random_init(dict(m.config), layout.n_units, rope_theta=m.rope_theta, seed=cfg.seed,
-                                      info=layout)
-    except SlamError as e:
-        raise ConfigError(f"model.{'base' if m.base is not None else 'config'}: {e}") from None
-    model.config.use_cache = False  # a cache in a packed forward lets documents see each other
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and cfg.data.context > max_pos:
-        raise ConfigError(f"data.context: {cfg.data.context} exceeds the model's {max_pos} positions")
-    return model, info
 
 
 def compile_blocks(model: nn.Module) -> int:
@@ -160,7 +138,7 @@ def evaluate(model: nn.Module, batches: Iterator[dict], loss_fn: Callable, env: 
     return (float(t[0] / t[1]) if t[1] > 0 else float("nan")), int(t[1])
 
 
-# --- pieces shared with the DPO loop (slam/train/dpo.py) -----------------------------------------------------
+# --- bookkeeping around the steps ---------------------------------------------------------------------------
 def accumulation(cfg: Any, env: dist.Env, unit: str = "") -> int:
     """Micro-batches per process per optimiser step: batch.size / (batch.micro x processes), which must divide.
     `unit` names what batch.size counts in the error (" pairs" for DPO)."""
@@ -276,8 +254,8 @@ def log_done(run: Run, step: int, budget: Budget, setup_s: float, flops: float, 
     run.plot()
 
 
-# --- the run ------------------------------------------------------------------------------------------------
-def prepare_run_folder(cfg: TrainConfig, env: dist.Env) -> tuple[Run, Path | None]:
+
+def prepare_run_folder(cfg: RunConfig, env: dist.Env) -> tuple[Run, Path | None]:
     """Refuse to overwrite a run by accident; find the checkpoint to resume from."""
     run = Run(cfg.out, main=env.main)
     ckpts = run.checkpoints
@@ -285,155 +263,13 @@ def prepare_run_folder(cfg: TrainConfig, env: dist.Env) -> tuple[Run, Path | Non
     if cfg.resume:
         if env.main:
             for stale in checkpoint.cleanup(ckpts):
-                print(f"slam train: removed {stale.name} (a checkpoint write that was interrupted)")
+                print(f"slam: removed {stale.name} (a checkpoint write that was interrupted)")
         dist.barrier()
         resume_from = checkpoint.latest(ckpts)
     elif checkpoint.latest(ckpts) is not None or run.final.exists():
         raise ConfigError(f"out: {cfg.out} already holds a run; pass resume=true to continue it or choose "
                           f"another out=")
     return run, resume_from
-
-
-def train(cfg: TrainConfig, loss_fn: Callable | None = None) -> Path:
-    """Run the recipe; returns the final model folder. `loss_fn(model, batch) -> (loss_sum, n_tokens)`
-    defaults to slam.data.causal_lm_loss (tests pass a wrapper to inject faults)."""
-    env = dist.init()
-    try:
-        return _train(cfg, env, loss_fn)
-    finally:
-        dist.shutdown()
-
-
-def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
-    from slam.model import count_parameters
-
-    t_setup = time.perf_counter()
-    if env.device.type == "cpu":
-        # Denormal floats (underflow residue in the backward after a few updates) run ~100x slower on x86
-        # CPUs: the bench model's steps went from ~1.5 s to ~10 s without this. Flushing them to zero is what
-        # GPUs do in their fast paths anyway.
-        torch.set_flush_denormal(True)
-    seed_everything(cfg.seed)
-    data_io.check_sources(cfg)
-    run, resume_from = prepare_run_folder(cfg, env)
-    run.write_config(cfg)
-    run.write_provenance({"world_size": env.world, "resumed_from": str(resume_from) if resume_from else None})
-
-    model, info = build_model(cfg, data_io.token_layout(cfg))
-    model.to(env.device)
-    data_io.prepare_model(model, env.device)
-    n_params = count_parameters(model)
-    layers, width = attention_width(model)
-    if cfg.compile:
-        compile_blocks(model)
-    model = dist.wrap(model, cfg.dist.strategy, env)
-    optimizer = build_optimizer(model, cfg.optim)
-    budget = Budget.from_config(cfg.budget)
-    accum = accumulation(cfg, env)
-    train_data, val_data = data_io.loaders(cfg, info, env)
-    loss_fn = loss_fn or data_io.loss_fn()
-    amp = autocast(cfg, env.device)
-
-    step = 0
-    flops_total = 0.0
-    if resume_from is not None:
-        step, flops_total = resume_state(resume_from, model, optimizer, budget, train_data, run, env)
-    elif cfg.resume and env.main:
-        print(f"slam train: resume=true but {run.checkpoints} has no complete checkpoint; starting fresh")
-    setup_s = time.perf_counter() - t_setup
-
-    peak = peak_tflops(env.device, cfg.peak_tflops)
-    last_good = checkpoint.latest(run.checkpoints)
-    cadence = Cadence(cfg, budget)
-    bad_in_row = 0
-    tokens_window, pairs_window, seconds_window = 0, 0, 0.0
-    bar = progress_bar(budget, env)
-    model.train()
-
-    def validate() -> float:
-        with budget.overhead_of("eval"):
-            loss, n = evaluate(model, val_data.batches(cfg.eval.batches), loss_fn, env, amp)
-        run.log("val", step, loss=loss, tokens=n, flops=flops_total, progress=budget.progress(),
-                train_hours=budget.seconds / 3600)
-        return loss
-
-    val_loss = float("nan")
-    while not budget.done():
-        lr = step_lr(cfg, optimizer, budget, step)
-        first_compiled = cfg.compile and step == 0 and resume_from is None
-        t0 = time.perf_counter()
-        with budget.step():  # data loading is part of a training step's time
-            micro = [train_data.next() for _ in range(accum)]
-            stats = train_step(model, optimizer, micro, loss_fn, env, amp, cfg.optim.grad_clip, budget)
-        dt = time.perf_counter() - t0
-        if first_compiled:  # compile warm-up is not training time
-            discount_compile(budget, dt)
-        budget.add(steps=1, tokens=stats.tokens)
-        step += 1
-        if not stats.finite:
-            bad_in_row = recover_non_finite(stats, step, bad_in_row, last_good, model, optimizer, budget, run, env,
-                                            cfg.max_bad_steps, "slam train", skipped_batches=accum)
-            continue
-        bad_in_row = 0
-        flops_total += batch_flops(n_params, stats.tokens, stats.pairs, layers, width)
-        if not first_compiled:
-            tokens_window += stats.tokens
-            pairs_window += stats.pairs
-            seconds_window += dt
-        if step % cfg.log_every == 0 or budget.done() or step == 1:
-            tok_s = tokens_window / seconds_window if seconds_window > 0 else None
-            flops_s = (batch_flops(n_params, tokens_window, pairs_window, layers, width) / seconds_window
-                       if seconds_window > 0 else None)
-            mfu = flops_s / env.world / (peak * 1e12) if peak and flops_s else None
-            run.log("train", step, loss=stats.loss, lr=lr, grad_norm=stats.grad_norm, tokens=budget.tokens,
-                    tok_per_s=tok_s, flops=flops_total, mfu=mfu, progress=budget.progress(),
-                    train_hours=budget.seconds / 3600)
-            bar.set_description_str(
-                f"step {step} | loss {stats.loss:.3f} | lr {lr:.2e}"
-                + (f" | {tok_s / 1e3:.1f}k tok/s" if tok_s is not None else "")
-                + (f" | MFU {100 * mfu:.1f}%" if mfu is not None else "")
-                + eta_text(budget), refresh=False)
-            tokens_window, pairs_window, seconds_window = 0, 0, 0.0
-        advance(bar, budget)
-        if cadence.eval_due(step):
-            val_loss = validate()
-        if cadence.checkpoint_due(step):
-            last_good = save_checkpoint(run, step, model, optimizer, budget, train_data, flops_total, cfg, env)
-            cadence.checkpointed()
-    bar.close()
-
-    val_loss = validate()
-    last_good = save_checkpoint(run, step, model, optimizer, budget, train_data, flops_total, cfg, env)
-    with budget.overhead_of("final"):
-        final = _save_final(model, info, run, env, cfg, budget, step)
-    log_done(run, step, budget, setup_s, flops_total, val_loss=val_loss)
-    if env.main:
-        print(f"slam train: {step} steps, {budget.tokens:,} tokens in {format_duration(budget.seconds)} of "
-              f"training ({budget.kind} budget {100 * budget.progress():.0f}% spent; outside the budget: "
-              f"setup {format_duration(setup_s)}, {overhead_text(budget)}); {flops_total:.3g} FLOPs on "
-              f"{n_params:,} parameters; validation loss {val_loss:.4f}. Wrote {final} (model folder), "
-              f"{run.folder}/metrics.jsonl, loss.png, TensorBoard events and checkpoints/{last_good.name}.")
-    run.close()
-    return final
-
-
-def _save_final(model: nn.Module, info: Any, run: Run, env: dist.Env, cfg: TrainConfig, budget: Budget,
-                step: int) -> Path:
-    from slam.model import save_model
-
-    bare = plain_model(model, env)
-    if bare is not None:
-        info.extra.update({"train": {"run": str(run.folder), "steps": step, "tokens": budget.tokens,
-                                     "train_seconds": round(budget.seconds, 1)}})
-        if cfg.data.kind == "text":  # a text LM folder is complete with its tokenizer (a TWIST base later)
-            info.text_tokenizer = "."
-        save_model(bare, info, run.final)
-        if cfg.data.kind == "text":
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(cfg.data.text_tokenizer).save_pretrained(run.final)
-    dist.barrier()
-    return run.final
 
 
 def plain_model(model: nn.Module, env: dist.Env) -> nn.Module | None:
@@ -449,3 +285,99 @@ def plain_model(model: nn.Module, env: dist.Env) -> nn.Module | None:
         bare = AutoModelForCausalLM.from_config(bare.config)
         bare.load_state_dict(full)
     return bare
+
+
+# --- the loop -----------------------------------------------------------------------------------------------
+@dataclass
+class Session:
+    """What every training loop works on, set up by the stage."""
+
+    cfg: RunConfig
+    env: dist.Env
+    run: Run
+    model: nn.Module
+    optimizer: Any
+    budget: Budget
+    data: Any
+    """The training data position (state_dict / load_state_dict), saved in every checkpoint."""
+    loss_fn: Callable
+    """loss_fn(model, batch) -> (summed loss, count): see train_step."""
+    amp: Callable
+    accum: int
+    """Micro-batches per process per optimiser step."""
+    who: str
+    """The command, for messages ("slam train")."""
+    step: int = 0
+    flops: float = 0.0
+    last_good: Path | None = None
+    """Newest complete checkpoint: what a non-finite step restores."""
+
+
+class Stage(Protocol):
+    """What differs between stages: the loop calls these, in this order, every step."""
+
+    def batches(self) -> list[dict]:
+        """This process's micro-batches for one optimiser step, on the device."""
+
+    def finish(self, stats: StepStats) -> tuple[int, float, dict[str, float]]:
+        """After the step (every rank, finite or not): (tokens to count against the budget, FLOPs of the step,
+        counters to add to the log window)."""
+
+    def log(self, step: int, stats: StepStats, lr: float, window: dict[str, float], seconds: float
+            ) -> tuple[dict[str, Any], str]:
+        """The train metrics line (fields) and the progress bar's description."""
+
+    def validate(self, step: int) -> Any:
+        """Validate now (logs its own line); the result is returned by run_loop after the last step."""
+
+
+def run_loop(s: Session, stage: Stage) -> Any:
+    """Train until the budget is spent; then validate and checkpoint once more. Returns the last validation."""
+    cadence = Cadence(s.cfg, s.budget)
+    bad_in_row = 0
+    window: dict[str, float] = {}
+    seconds = 0.0
+    first = True
+    bar = progress_bar(s.budget, s.env)
+    s.model.train()
+    while not s.budget.done():
+        lr = step_lr(s.cfg, s.optimizer, s.budget, s.step)
+        t0 = time.perf_counter()
+        with s.budget.step():  # data loading is part of a training step's time
+            micro = stage.batches()
+            stats = train_step(s.model, s.optimizer, micro, s.loss_fn, s.env, s.amp, s.cfg.optim.grad_clip,
+                               s.budget)
+        dt = time.perf_counter() - t0
+        compiled_now = s.cfg.compile and first  # every process compiles on its first step, resumed or not
+        first = False
+        if compiled_now:  # compile warm-up is not training time
+            discount_compile(s.budget, dt)
+        tokens, flops, counts = stage.finish(stats)
+        s.budget.add(steps=1, tokens=tokens)
+        s.step += 1
+        if not stats.finite:
+            bad_in_row = recover_non_finite(stats, s.step, bad_in_row, s.last_good, s.model, s.optimizer, s.budget,
+                                            s.run, s.env, s.cfg.max_bad_steps, s.who, skipped_batches=s.accum)
+            continue
+        bad_in_row = 0
+        s.flops += flops
+        if not compiled_now:
+            for k, v in counts.items():
+                window[k] = window.get(k, 0) + v
+            seconds += dt
+        if s.step % s.cfg.log_every == 0 or s.budget.done() or s.step == 1:
+            fields, desc = stage.log(s.step, stats, lr, window, seconds)
+            s.run.log("train", s.step, **fields)
+            bar.set_description_str(desc + eta_text(s.budget), refresh=False)
+            window, seconds = {}, 0.0
+        advance(bar, s.budget)
+        if cadence.eval_due(s.step):
+            stage.validate(s.step)
+        if cadence.checkpoint_due(s.step):
+            s.last_good = save_checkpoint(s.run, s.step, s.model, s.optimizer, s.budget, s.data, s.flops, s.cfg,
+                                          s.env)
+            cadence.checkpointed()
+    bar.close()
+    val = stage.validate(s.step)
+    s.last_good = save_checkpoint(s.run, s.step, s.model, s.optimizer, s.budget, s.data, s.flops, s.cfg, s.env)
+    return val

@@ -44,6 +44,8 @@ def _is_pairs_file(path: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise SlamError("--workers must be at least 1")
+    if args.limit is not None and args.limit < 0:  # a negative slice would silently drop lines from the end
+        raise SlamError(f"--limit must be 0 or more, got {args.limit}")
     voices = [v for item in (args.voices or []) for v in item.split(",") if v] or None
     if voices is None:
         voices = list(tts.load_backend(args.backend).default_voices)

@@ -1,6 +1,6 @@
 """A tiny word-level text tokenizer for the demo's miniature TWIST (no downloads: trained here, in seconds).
 
-    python -m slam.textlm corpus/stories.txt --out textlm/tokenizer
+    slam text-tokenizer corpus/stories.txt --out textlm/tokenizer
     slam train slam/recipes/demo-text.yaml data.train='[{path: corpus/stories.txt}]' \\
         data.text_tokenizer=textlm/tokenizer out=runs/text
 
@@ -20,8 +20,6 @@ the speech model's pad and bos/eos rows start from the text LM's own pad and end
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from slam.errors import SlamError
@@ -57,24 +55,3 @@ def train_tokenizer(text_files: list[str | Path], out_dir: str | Path, min_frequ
     fast.save_pretrained(str(out))
     return {"vocab_size": len(fast), "pad_id": fast.pad_token_id, "bos_id": fast.bos_token_id,
             "eos_id": fast.eos_token_id, "unk_id": fast.unk_token_id, "out": str(out), "files": files}
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m slam.textlm", description=__doc__.split("\n")[0])
-    p.add_argument("text", nargs="+", help="UTF-8 text files (e.g. stories.txt of `slam corpus`)")
-    p.add_argument("--out", required=True, help="tokenizer folder to write")
-    p.add_argument("--min-frequency", type=int, default=1, help="drop words seen fewer times (default 1)")
-    args = p.parse_args(argv)
-    try:
-        s = train_tokenizer(args.text, args.out, args.min_frequency)
-    except SlamError as e:
-        print(f"slam.textlm: error: {e}", file=sys.stderr)
-        return 2
-    print(f"slam.textlm: word-level tokenizer of {s['vocab_size']} tokens (pad {s['pad_id']}, <s>/</s> "
-          f"{s['eos_id']}, unk {s['unk_id']}) fitted on {', '.join(s['files'])}; wrote {s['out']} (an HF "
-          f"tokenizer folder for `slam train ... data.kind=text data.text_tokenizer={s['out']}`).")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -37,7 +37,6 @@ step in the report).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -50,7 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from slam.demo import report
 from slam.errors import MissingDependencyError, SlamError
+from slam.synth import tts
+from slam.train.run import read_metrics
 from slam.utils import atomic_write_json, format_duration
 
 STATE = "demo.json"
@@ -137,8 +139,9 @@ def make_plan(minutes: float, fast: bool, seed: int) -> Plan:
 
 # --- the demo folder and its state ------------------------------------------------------------------------
 class Demo:
-    def __init__(self, out: Path, plan: Plan, workers: int) -> None:
+    def __init__(self, out: Path, plan: Plan, workers: int, slam_main: Callable[[list[str]], int]) -> None:
         self.out, self.plan, self.workers = out, plan, workers
+        self.slam_main = slam_main  # the `slam` command's entry point, handed down by the CLI layer
         self.state_path = out / STATE
         self.state: dict = {}
 
@@ -190,22 +193,13 @@ class Demo:
 
     # commands: every stage runs through the `slam` CLI, and the line run is recorded as it would be typed
     def slam(self, step: str, argv: list[str], note: str = "") -> None:
-        from slam import cli
-
         line = "slam " + shlex.join(argv)
         self._record(step, line, note)
         print(f"\n$ {line}", flush=True)
-        code = cli.main(argv)
+        code = self.slam_main(argv)
         if code != 0:
             raise SlamError(f"step {step}: `{line}` failed (exit code {code}); fix the cause and rerun the demo "
                             f"with the same --out to resume")
-
-    def python(self, step: str, module: str, argv: list[str], main: Callable[[list[str]], int]) -> None:
-        line = f"python -m {module} " + shlex.join(argv)
-        self._record(step, line, "")
-        print(f"\n$ {line}", flush=True)
-        if main(argv) != 0:
-            raise SlamError(f"step {step}: `{line}` failed")
 
     def _record(self, step: str, line: str, note: str) -> None:
         cmds = self.step_state(step)["commands"]
@@ -243,10 +237,8 @@ def machine() -> dict:
 
 def check_espeak() -> None:
     """Fail before any work when the TTS engine is missing, with the command that installs it."""
-    from slam.synth.tts import load_backend
-
     try:
-        load_backend("espeak")
+        tts.load_backend("espeak")  # looked up at call time: tests stand in a missing engine
     except MissingDependencyError as e:
         raise MissingDependencyError(
             f"slam demo speaks its text with espeak-ng, which is not installed here ({e}). Install it with "
@@ -298,7 +290,7 @@ def step_units(d: Demo) -> None:
 def dpo_available() -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("slam.train.dpo_cli") is not None
+    return importlib.util.find_spec("slam.train.dpo") is not None
 
 
 def step_prefs(d: Demo) -> None:
@@ -396,8 +388,6 @@ class Job:
 
 def run_progress(run: Path) -> float:
     """Budget progress (0-1) of a run, from the last metrics line that has one."""
-    from slam.train.run import read_metrics
-
     for row in reversed(read_metrics(run)):
         if "progress" in row:
             return float(row["progress"])
@@ -428,11 +418,9 @@ def run_jobs(d: Demo, jobs: list[Job], names: list[str]) -> None:
 
 
 def step_pretrain(d: Demo) -> None:
-    from slam import textlm
-
     tok_dir = d.p("textlm", "tokenizer")
     if not (tok_dir / "tokenizer.json").exists():
-        d.python("pretrain", "slam.textlm", [str(d.p("corpus", "stories.txt")), "--out", str(tok_dir)], textlm.main)
+        d.slam("pretrain", ["text-tokenizer", str(d.p("corpus", "stories.txt")), "--out", str(tok_dir)])
     # Phase 1: the text LM alone, on every core. Phase 2: the TWIST and the from-scratch speech LMs side by
     # side, one thread each, so both see the same machine for the same budget (a busy machine slows both
     # alike). Two single-threaded runs of a 4.2M-parameter model make ~2,150 tokens/s each on this CPU, one
@@ -503,9 +491,7 @@ def step_generate(d: Demo) -> None:
 
 
 def step_report(d: Demo) -> None:
-    from slam import report
-
-    d._record("report", f"python -m slam.report {shlex.quote(str(d.out))}", "")
+    d._record("report", f"slam report {shlex.quote(str(d.out))}", "")
     md, html = report.write_report(d.out)
     print(f"\nwrote {md} and {html}")
 
@@ -528,13 +514,15 @@ TITLES = {
 }
 
 
-def run_demo(out: str | Path, minutes: float = 16.0, fresh: bool = False, fast: bool = False, seed: int = 0,
-             workers: int | None = None) -> dict:
-    """Run (or resume) the demo into `out`; returns its state (also in OUT/demo.json)."""
+def run_demo(out: str | Path, slam_main: Callable[[list[str]], int], minutes: float = 16.0, fresh: bool = False,
+             fast: bool = False, seed: int = 0, workers: int | None = None) -> dict:
+    """Run (or resume) the demo into `out`, every stage through `slam_main` (the `slam` command's entry
+    point: each stage is recorded as the command line a user would type); returns its state (also in
+    OUT/demo.json)."""
     if minutes <= 0:
         raise SlamError(f"--minutes must be positive, got {minutes}")
     check_espeak()
-    d = Demo(Path(out), make_plan(minutes, fast, seed), workers or min(2, os.cpu_count() or 1))
+    d = Demo(Path(out), make_plan(minutes, fast, seed), workers or min(2, os.cpu_count() or 1), slam_main)
     d.load_state(fresh)
     t_all = time.perf_counter()
     for i, name in enumerate(STEPS, 1):
@@ -559,31 +547,7 @@ def run_demo(out: str | Path, minutes: float = 16.0, fresh: bool = False, fast: 
         st["status"] = "done"
         d.save()
         if name == "report":  # the report's own time is known only now: write it once more with it
-            from slam import report
-
             report.write_report(d.out)
     d.state["wall_seconds_this_run"] = round(time.perf_counter() - t_all, 1)
     d.save()
     return d.state
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo-out", type=Path, help="output folder (default demo-out)")
-    p.add_argument("--minutes", type=float, default=16.0,
-                   help="pre-training minutes of each speech LM (default 16: the whole demo takes ~30 minutes "
-                        "on a 2-core CPU); the text LM gets a quarter of it, DPO a sixth")
-    p.add_argument("--fresh", action="store_true", help="delete the folder's earlier demo outputs and start over")
-    p.add_argument("--fast", action="store_true",
-                   help="tiny sizes and seconds of budget (a check that everything runs; numbers mean nothing)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="processes for synthesis and tokenisation "
-                   "(default: 2 or the cores)")
-
-
-def run(args: argparse.Namespace) -> int:
-    t0 = time.perf_counter()
-    state = run_demo(args.out, args.minutes, args.fresh, args.fast, args.seed, args.workers)
-    from slam.report import summary_paragraph
-
-    print("\n" + summary_paragraph(args.out, state, time.perf_counter() - t0))
-    return 0

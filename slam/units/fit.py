@@ -13,12 +13,12 @@ k-means were. Same audio + same seed -> the same file.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from slam.audio import find_audio, load_audio
 from slam.errors import AudioError, SlamError
@@ -27,39 +27,26 @@ from slam.units.melkmeans import MelFeatures, MelParams
 from slam.utils import format_duration
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("audio", help="folder (searched recursively) or manifest.jsonl")
-    p.add_argument("--tokenizer", required=True, choices=("mel", "hubert"))
-    p.add_argument("--units", type=int, required=True, help="number of clusters K")
-    p.add_argument("--out", required=True, help="output .npz")
-    p.add_argument("--model", default="slprl/mhubert-base-25hz", help="hubert: hub id or local folder")
-    p.add_argument("--layer", type=int, default=11, help="hubert: transformer layer whose output is clustered")
-    p.add_argument("--max-frames", type=int, default=500_000,
-                   help="frames sampled for fitting (500k = 5.6 h of audio at 25 Hz)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--features", default="logmel", choices=("logmel", "mfcc"), help="mel: frame features")
-    p.add_argument("--n-mels", type=int, default=80, help="mel: mel bands")
-    p.add_argument("--batch-size", type=int, default=16, help="hubert: files per forward pass")
-    p.add_argument("--device", default=None, help="hubert: device (default cuda when present)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    out = Path(args.out)
+def fit_audio_kmeans(audio: str | Path, tokenizer: str, n_units: int, out: str | Path, *,
+                     model: str = "slprl/mhubert-base-25hz", layer: int = 11, max_frames: int = 500_000,
+                     seed: int = 0, features: str = "logmel", n_mels: int = 80, batch_size: int = 16,
+                     device: str | None = None) -> Path:
+    """Fit the k-means of a `mel` or `hubert` tokenizer on frames sampled from the audio of `audio` (a folder
+    or manifest) and save it as `out` (.npz); prints a one-paragraph summary and returns `out`."""
+    out = Path(out)
     if out.suffix != ".npz":
         raise SlamError(f"--out {out}: the k-means file must end in .npz")
-    if args.units < 2 or args.units > 65535:
+    if n_units < 2 or n_units > 65535:
         raise SlamError("--units must lie in 2..65535 (units are stored as uint16)")
-    items = find_audio(args.audio)
+    items = find_audio(audio)
     if not items:
-        raise SlamError(f"{args.audio}: no audio files found")
-    order = np.random.default_rng(args.seed).permutation(len(items))
-    per_file = max(1, math.ceil(2 * args.max_frames / len(items)))  # 2x the even share: short files exist
-    rng = np.random.default_rng(args.seed + 1)
+        raise SlamError(f"{audio}: no audio files found")
+    order = np.random.default_rng(seed).permutation(len(items))
+    per_file = max(1, math.ceil(2 * max_frames / len(items)))  # 2x the even share: short files exist
+    rng = np.random.default_rng(seed + 1)
 
-    if args.tokenizer == "mel":
-        mel = MelFeatures(MelParams(features=args.features, n_mels=args.n_mels))
+    if tokenizer == "mel":
+        mel = MelFeatures(MelParams(features=features, n_mels=n_mels))
         params = {"kind": "mel", **mel.params.to_dict()}
 
         def featurise(wavs: list[np.ndarray]) -> list[np.ndarray]:
@@ -69,21 +56,21 @@ def run(args: argparse.Namespace) -> int:
         from slam.units.hubert import HubertFeatures
         from slam.units.tokenizer import _model_ref
 
-        ref, _ = _model_ref(args.model, Path.cwd())
-        enc = HubertFeatures(ref, args.layer, device=args.device)
-        params = {"kind": "hubert", "model": ref, "layer": args.layer}
+        ref, _ = _model_ref(model, Path.cwd())
+        enc = HubertFeatures(ref, layer, device=device)
+        params = {"kind": "hubert", "model": ref, "layer": layer}
 
         def featurise(wavs: list[np.ndarray]) -> list[np.ndarray]:
             ok = [w for w in wavs if enc.n_frames(len(w)) >= 1]
-            return [f.cpu().numpy() for f in enc(ok, batch_size=args.batch_size)] if ok else []
-        batch = max(1, args.batch_size)
+            return [f.cpu().numpy() for f in enc(ok, batch_size=batch_size)] if ok else []
+        batch = max(1, batch_size)
 
     t0 = time.perf_counter()
     taken: list[np.ndarray] = []
     n_frames = n_files = n_bad = 0
     seconds = 0.0
     # files are the unit of work (the frame total is unknown until decoded); stops early at --max-frames
-    bar = tqdm(total=len(items), desc=f"sample frames ({args.tokenizer})", unit="file", dynamic_ncols=True)
+    bar = tqdm(total=len(items), desc=f"sample frames ({tokenizer})", unit="file", dynamic_ncols=True)
     pending: list[np.ndarray] = []
 
     def consume() -> None:
@@ -91,15 +78,15 @@ def run(args: argparse.Namespace) -> int:
         for f in featurise(pending):
             if len(f) > per_file:
                 f = f[np.sort(rng.choice(len(f), per_file, replace=False))]
-            f = f[: args.max_frames - n_frames]
+            f = f[: max_frames - n_frames]
             taken.append(f.astype(np.float32))
             n_frames += len(f)
         bar.update(len(pending))
-        bar.set_postfix_str(f"{n_frames:,}/{args.max_frames:,} frames", refresh=False)
+        bar.set_postfix_str(f"{n_frames:,}/{max_frames:,} frames", refresh=False)
         pending.clear()
 
     for idx in order:
-        if n_frames >= args.max_frames:
+        if n_frames >= max_frames:
             break
         _, path, _ = items[idx]
         try:
@@ -117,20 +104,20 @@ def run(args: argparse.Namespace) -> int:
     if pending:
         consume()
     bar.close()
-    if n_frames < args.units:
-        raise SlamError(f"{args.audio}: only {n_frames} frames from {n_files} files, fewer than --units "
-                        f"{args.units}; give more audio")
+    if n_frames < n_units:
+        raise SlamError(f"{audio}: only {n_frames} frames from {n_files} files, fewer than --units "
+                        f"{n_units}; give more audio")
     frames = np.concatenate(taken)
     t1 = time.perf_counter()
-    print(f"fitting {args.units} clusters on {n_frames:,} frames of dim {frames.shape[1]} ...", flush=True)
-    km = fit_kmeans(frames, args.units, seed=args.seed, standardise=args.tokenizer == "mel", params=params)
+    print(f"fitting {n_units} clusters on {n_frames:,} frames of dim {frames.shape[1]} ...", flush=True)
+    km = fit_kmeans(frames, n_units, seed=seed, standardise=tokenizer == "mel", params=params)
     km.save(out)
     units = km.predict(frames)
     used = int(np.unique(units).size)
     t2 = time.perf_counter()
-    print(f"Fitted {args.units}-means for the {args.tokenizer} tokenizer on {n_frames:,} frames sampled from "
+    print(f"Fitted {n_units}-means for the {tokenizer} tokenizer on {n_frames:,} frames sampled from "
           f"{n_files} files ({seconds / 3600:.2f} h; {n_bad} unreadable files skipped) in "
           f"{format_duration(t2 - t0)} (features {format_duration(t1 - t0)}, clustering "
-          f"{format_duration(t2 - t1)}); {used} of {args.units} units used on the sample. Wrote {out}; use "
+          f"{format_duration(t2 - t1)}); {used} of {n_units} units used on the sample. Wrote {out}; use "
           f"it as --tokenizer {out}.")
-    return 0
+    return out

@@ -1,4 +1,4 @@
-"""`slam tokenize AUDIO --tokenizer SPEC --out DIR`: speech -> a units dataset (see slam.units.dataset).
+"""Speech -> a units dataset (see slam.units.dataset): the engine of `slam tokenize AUDIO --tokenizer SPEC --out DIR`.
 
     slam tokenize corpus/ --tokenizer mel:km.npz --out units/
     slam tokenize corpus/manifest.jsonl --tokenizer hubert:slprl/mhubert-base-25hz@11:km500.bin --out units/
@@ -19,7 +19,6 @@ How it runs:
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import time
@@ -28,31 +27,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import torch
 
 from slam.audio import find_audio, load_audio
 from slam.errors import AudioError, SlamError
 from slam.units.dataset import META, REJECTS, UnitsWriter, check_compatible, dedup, read_meta
 from slam.units.kmeans import free_cores
+from slam.units.tokenizer import load_tokenizer
 from slam.utils import format_duration
 
 CHUNK_FILES = 8  # files per worker task: amortises inter-process overhead (~0.2 ms a task) over ~8 files
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("audio", help="folder (searched recursively for wav/flac/ogg/mp3) or manifest.jsonl")
-    p.add_argument("--tokenizer", required=True,
-                   help="mel:KMEANS.npz | hubert:MODEL@LAYER:KMEANS | KMEANS.npz (see slam.units.tokenizer)")
-    p.add_argument("--out", required=True, help="units dataset folder (created, or resumed)")
-    p.add_argument("--no-dedup", action="store_true", help="keep one unit per frame (durations all 1)")
-    p.add_argument("--shard", default="0/1", help="i/n: process every n-th file starting at i (default 0/1)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="processes for decoding (and mel features); 1 = all in this process")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="HuBERT: files per forward pass (default 16 on a GPU; 1 on a CPU, where one 10 s file "
-                        "already fills the cores and batching only adds padding)")
-    p.add_argument("--device", default=None, help="HuBERT device (default: cuda when present, else cpu)")
-    p.add_argument("--compile", action="store_true", help="HuBERT: torch.compile the forward pass")
-    p.add_argument("--shard-rows", type=int, default=2048, help="rows per parquet shard")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -179,32 +163,33 @@ def _emit(writer: UnitsWriter, prog: _Progress, res: tuple, extra: dict, source:
     prog.frames += int(np.sum(durs, dtype=np.int64))
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from slam.units.tokenizer import load_tokenizer
-
-    shard_i, shard_n = parse_shard(args.shard)
-    out = Path(args.out)
-    items = find_audio(args.audio)[shard_i::shard_n]
-    tok = load_tokenizer(args.tokenizer, device=args.device, compile=args.compile)
-    do_dedup = not args.no_dedup
+def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_units: bool = True,
+                   shard: str = "0/1", workers: int | None = None, batch_size: int | None = None,
+                   device: str | None = None, compile: bool = False, shard_rows: int = 2048) -> dict[str, Any]:
+    """Tokenize every audio file of `audio` (a folder or manifest) into the units dataset `out` (resumable,
+    see the module docstring); prints a one-paragraph summary and returns the dataset's meta."""
+    shard_i, shard_n = parse_shard(shard)
+    out = Path(out)
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    items = find_audio(audio)[shard_i::shard_n]
+    tok = load_tokenizer(tokenizer, device=device, compile=compile)
+    do_dedup = dedup_units
     meta = {"tokenizer_hash": tok.hash, "n_units": tok.n_units, "frame_rate": tok.frame_rate,
             "dedup": do_dedup, "sample_rate": tok.sample_rate, "tokenizer_kind": tok.kind}
     if (out / META).exists():
         check_compatible(read_meta(out), meta, out)  # before touching anything in the folder
     # The dataset embeds its tokenizer: meta["tokenizer"] + root=out loads the very same units back.
     meta["tokenizer"] = tok.save_to(out)
-    meta["audio"] = str(args.audio)
+    meta["audio"] = str(audio)
     tag = f"{shard_i:03d}of{shard_n:03d}"
     for stale in out.glob(f".part-{tag}-*.tmp"):  # a shard half-written when a previous run was killed
         stale.unlink(missing_ok=True)
-    writer = UnitsWriter(out, meta, shard_tag=tag, rows_per_shard=max(1, args.shard_rows))
+    writer = UnitsWriter(out, meta, shard_tag=tag, rows_per_shard=max(1, shard_rows))
     todo = [(i, str(p), extra) for i, p, extra in items if i not in writer.skip]
     extras = {i: extra for i, _, extra in todo}
     sources = {i: p for i, p, _ in todo}
     skipped = len(items) - len(todo)
-    workers = max(1, int(args.workers))
+    workers = max(1, int(workers))
     chunks = [[(i, p) for i, p, _ in todo[k:k + CHUNK_FILES]] for k in range(0, len(todo), CHUNK_FILES)]
     prog = _Progress(len(todo), f"tokenize ({tok.kind})")
     # fork: a worker starts in milliseconds (spawn re-imports torch: 3-8 s per worker on a busy 2-core box,
@@ -234,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                 torch.set_num_threads(free_cores())  # OpenMP threads on busy cores spin-wait (see free_cores)
             if n_dec >= 1 and len(chunks) > 1:
                 pool = ctx.Pool(n_dec)
-            batch_size = args.batch_size or (16 if tok.hubert.device.type == "cuda" else 1)
+            batch_size = batch_size or (16 if tok.hubert.device.type == "cuda" else 1)
             pending: list[tuple[str, np.ndarray]] = []
             group = max(1, batch_size) * 4  # sort-by-length window: 4 batches
 
@@ -279,4 +264,4 @@ def run(args: argparse.Namespace) -> int:
           f"{skipped} already done. {out} now holds {final['n_utterances']} utterances, "
           f"{final['hours']:.2f} h, {final['n_tokens']:,} units, {final['n_rejected']} rejects "
           f"(tokenizer {tok.kind}, {tok.n_units} units, hash {tok.hash[:12]}).")
-    return 0
+    return final

@@ -1,0 +1,34 @@
+"""`slam train RECIPE.yaml [key=value ...]`: pre-train a speech LM within a budget.
+
+    slam train slam/recipes/tiny-cpu.yaml data.train='[{path: units/}]' out=runs/tiny
+    slam train runs/tiny resume=true                       # continue a killed run (its config.yaml)
+    torchrun --nproc_per_node 2 -m slam.cli train recipe.yaml dist.strategy=fsdp
+    slam train --keys                                      # every recipe key with its default and meaning
+
+RECIPE may name a shipped recipe by its name alone (`slam`, `slam-scaled`, `twist-original`, `tiny-cpu`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from slam.cli.recipe import add_recipe_arguments, print_keys, recipe_or_check
+from slam.train.config import TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_arguments(parser, "recipe YAML, shipped recipe name, or a run folder to resume",
+                         "dotted key=value overrides, e.g. optim.lr=5e-4 budget.time=90m")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.keys:
+        return print_keys(TrainConfig)
+    cfg = recipe_or_check(args, TrainConfig, "recipe: give a recipe YAML (or a shipped name: slam, slam-scaled, "
+                                             "twist-original, tiny-cpu)")
+    if cfg is None:
+        return 0
+    from slam.train.pretrain import train  # torch and transformers: only when training
+
+    train(cfg)
+    return 0

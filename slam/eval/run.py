@@ -1,0 +1,141 @@
+"""Every requested metric of one model in one run, as results.json and a table (the engine of `slam eval`).
+
+    slam eval MODEL_DIR --bench sblimp=zr2021/syntactic/dev --bench ssc=sSC --bench tsc=tSC \\
+              [--genppl PROMPTS_DIR] [--out results.json] [--score mean|sum]
+
+--bench NAME=PATH (repeatable): a ZeroSpeech lexical/syntactic split folder, a Spoken StoryCloze folder or
+a pairs.jsonl (see slam.eval.pairs). --genppl PROMPTS_DIR: GenPPL + auto-BLEU from the first --n-prompts
+files cut to --prompt-seconds (see slam.eval.genppl); the transcripts go to OUT.genppl.jsonl.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from slam.errors import SlamError
+from slam.eval.cross_modal import cross_modal_cloze
+from slam.eval.genppl import DEFAULT_ASR, DEFAULT_TEXT_LM, TextLM, WhisperASR, evaluate_genppl
+from slam.eval.pairs import default_cache_dir, evaluate_pairs, read_benchmark
+from slam.model import load_for_inference, load_model_tokenizer
+from slam.text import model_text_tokenizer
+from slam.utils import atomic_write_json, hash_files, provenance
+from slam.vocoder import load_vocoder
+
+
+def model_hash(folder: str | Path) -> str | None:
+    """Over the weights, config.json and slam.json (not over eval outputs written into the folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():  # a hub id: its files live in the HF cache
+        return None
+    files = [f for f in folder.iterdir() if f.suffix == ".safetensors" or f.name in ("config.json", "slam.json")]
+    return hash_files(files, root=folder)
+
+
+def parse_bench(spec: str) -> tuple[str, Path]:
+    name, eq, path = spec.partition("=")
+    if not eq:
+        p = Path(spec)
+        return (p.parent.name + "-" + p.name if p.name in ("dev", "test") else p.stem), p
+    if not name or not path:
+        raise SlamError(f"--bench {spec!r}: expected NAME=PATH")
+    return name, Path(path)
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def table(metrics: dict[str, dict[str, Any]]) -> str:
+    rows = [("metric", "value", "95% CI", "n", "notes")]
+    for name, r in metrics.items():
+        ci = f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]"
+        if r["metric"] == "accuracy":
+            rows.append((name, _fmt(r["value"]) + " %", ci, str(r["n"]), f"{r['layout']}, score {r['score']}"))
+            for g, gr in r.get("groups", {}).items():
+                rows.append((f"  {g}", _fmt(gr["value"]) + " %", f"[{_fmt(gr['ci95'][0])}, {_fmt(gr['ci95'][1])}]",
+                             str(gr["n"]), ""))
+        else:
+            rows.append((name, _fmt(r["value"]), ci, str(r["n"]),
+                         f"auto-BLEU {_fmt(r['auto_bleu'], 3)}, {r['n_empty']} empty"))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: str | None = None,
+                   cross_modal: Sequence[str] = (), cross_modal_work: str | None = None,
+                   cross_modal_n: int | None = None, out: str | Path | None = None, score: str = "mean",
+                   batch_tokens: int | None = None, cache_dir: str | None = None, no_cache: bool = False,
+                   tokenizer: str | None = None, device: str | None = None, n_prompts: int = 1000,
+                   prompt_seconds: float = 3.0, max_new_tokens: int = 150, temperature: float = 0.8,
+                   top_k: int = 25, repetition_penalty: float | None = None, seed: int = 0, asr: str | None = None,
+                   text_lm: str | None = None, vocoder: str | None = None, gen_batch_size: int = 32) -> dict:
+    """Every requested metric of one model (the options of `slam eval`, one keyword each); writes
+    results.json (`out`), prints a table and a summary, and returns the results."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not bench and not genppl and not cross_modal:
+        raise SlamError("nothing to evaluate: give --bench NAME=PATH, --genppl PROMPTS_DIR and/or --cross-modal "
+                        "NAME=PAIRS_JSONL")
+    t0 = time.perf_counter()
+    benches = [parse_bench(b) for b in bench]
+    xmodal = [parse_bench(b) for b in cross_modal]
+    for _, path in xmodal:
+        if not path.is_file():
+            raise SlamError(f"--cross-modal {path}: not a file (expected a text pairs.jsonl)")
+    names = [n for n, _ in benches] + (["genppl"] if genppl else []) + \
+        [f"{n}-{d}" for n, _ in xmodal for d in ("t2s", "s2t")]
+    if len(set(names)) != len(names):
+        raise SlamError(f"benchmark names must be unique: {names}")
+    read = [(n, read_benchmark(p)) for n, p in benches]  # layout errors before any model loading
+    model, info = load_for_inference(model_dir, device=device)
+    tokenizer = load_model_tokenizer(info, model_dir, tokenizer)
+    cache_dir = None if no_cache else (cache_dir or default_cache_dir())
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, bench in read:
+        print(f"[{name}] {bench.layout}: {len(bench.pairs)} pairs, {len(bench.files())} files from {bench.path}")
+        metrics[name] = evaluate_pairs(model, info, bench, tokenizer=tokenizer, score=score,
+                                       batch_tokens=batch_tokens, cache_dir=cache_dir)
+    out = Path(out) if out else Path(model_dir) / "eval-results.json"
+    if xmodal:
+        text_tok = model_text_tokenizer(info, model_dir)
+        for name, path in xmodal:
+            work = Path(cross_modal_work) if cross_modal_work else out.parent / f"crossmodal-{name}"
+            print(f"[{name}] cross-modal story cloze from {path} (audio in {work})")
+            r = cross_modal_cloze(model, info, text_tok, tokenizer, path, work, n=cross_modal_n,
+                                  cache_dir=cache_dir, batch_tokens=batch_tokens, score=score)
+            metrics[f"{name}-t2s"], metrics[f"{name}-s2t"] = r["t2s"], r["s2t"]
+    if genppl:
+        vocoder = load_vocoder(info, model_dir, vocoder, device=device)
+        asr = WhisperASR(asr or DEFAULT_ASR, device=device)
+        text_lm = TextLM(text_lm or DEFAULT_TEXT_LM, device=device)
+        r = evaluate_genppl(model, info, genppl, tokenizer=tokenizer, vocoder=vocoder, asr=asr, text_lm=text_lm,
+                            n_prompts=n_prompts, prompt_seconds=prompt_seconds,
+                            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            repetition_penalty=repetition_penalty, seed=seed,
+                            batch_size=gen_batch_size,
+                            dedup=bool(info.tokenizer.get("dedup", True)))
+        samples = r.pop("samples")
+        transcripts = out.with_suffix(".genppl.jsonl")
+        transcripts.parent.mkdir(parents=True, exist_ok=True)
+        transcripts.write_text("".join(json.dumps(s) + "\n" for s in samples))
+        r["transcripts"] = transcripts.name
+        metrics["genppl"] = r
+    results = {"model": {"path": str(Path(model_dir).resolve()), "hash": model_hash(model_dir),
+                         "tokenizer_hash": tokenizer.hash, "n_units": info.n_units},
+               "metrics": metrics, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+               "provenance": provenance()}
+    atomic_write_json(out, results)
+    print(table(metrics))
+    parts = [f"{n} {_fmt(r['value'])}{' %' if r['metric'] == 'accuracy' else ''} (n={r['n']})"
+             for n, r in metrics.items()]
+    print(f"Evaluated {model_dir} (model hash {(results['model']['hash'] or 'n/a')[:12]}) on {len(metrics)} metric(s) "
+          f"in {time.perf_counter() - t0:.1f} s: {', '.join(parts)}. Results in {out}.")
+    return results
