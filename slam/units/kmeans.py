@@ -12,8 +12,10 @@ File formats read:
 - `.bin` / `.pkl` / `.joblib`: the published TWIST k-means (a joblib pickle of a scikit-learn KMeans). The
   scikit-learn version that pickled it is unknown and unpickling real sklearn classes across versions is
   fragile, so sklearn classes are replaced by an inert stand-in that only keeps its attribute dict, from
-  which `cluster_centers_` is taken. Anything but numpy arrays, sklearn objects and plain containers is
-  refused, so a hostile pickle cannot run code.
+  which `cluster_centers_` is taken. Only an explicit list of fully qualified names is resolved
+  (`_allowed_globals`: numpy's array/dtype/scalar/RandomState rebuilders, joblib's array record, plain
+  containers), never by importing the named module, and object arrays are refused: a hostile pickle can
+  neither run code nor import a module (`numpy.f2py.__main__` runs when imported).
 
 Apply: argmin_k |x - c_k|^2 = argmin_k (|c_k|^2 - 2 x.c_k), the |x|^2 term being the same for every k; the
 same rule as sklearn's `predict`. Rows are processed 16384 at a time (a 16384 x 500 float32 distance block
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import os
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,39 +56,85 @@ class _Inert:
             self.__dict__.update(state)
 
 
-_SAFE = {
-    ("builtins", n) for n in ("object", "set", "frozenset", "slice", "complex", "bytearray", "list", "dict",
-                              "tuple", "int", "float", "bool", "str", "bytes", "range")
-} | {
-    ("collections", "OrderedDict"), ("copyreg", "_reconstructor"), ("_codecs", "encode"),
-    ("joblib.numpy_pickle", "NumpyArrayWrapper"), ("sklearn.externals.joblib.numpy_pickle", "NumpyArrayWrapper"),
-}
-_SAFE_NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar", "__randomstate_ctor", "__bit_generator_ctor",
-               "__generator_ctor", "MT19937", "PCG64", "RandomState", "_frombuffer"}
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a k-means pickle may name, fully qualified, mapped to the objects they stand for.
+
+    Taken from joblib/pickle dumps of sklearn KMeans and MiniBatchKMeans (random_state an int, None or a
+    RandomState; pickle protocols 0-5, joblib compress 0 and 3) under numpy 1.x and 2.x. Nothing is imported
+    by name: numpy's functions are taken from the objects that numpy itself reduces to them, so a pickle
+    naming any other module (e.g. `numpy.f2py.__main__`, which runs when imported) is refused before any
+    import happens. Protocols 0-2 spell builtins and copyreg the Python 2 way (`__builtin__`, `copy_reg`)."""
+    import builtins
+    import codecs
+    import collections
+    import copyreg
+
+    from joblib.numpy_pickle import NumpyArrayWrapper
+
+    class _PlainArrays(NumpyArrayWrapper):
+        """joblib's array record, refusing object arrays: their items are a nested pickle, and joblib
+        before 1.5 read that one with an unrestricted unpickler."""
+
+        def read(self, unpickler: Any, *args: Any) -> Any:
+            if self.dtype.hasobject:
+                raise pickle.UnpicklingError("refusing an object array in a k-means pickle (centroids are "
+                                             "numbers)")
+            return super().read(unpickler, *args)
+
+    def _latin1(text: str, encoding: str = "latin1") -> bytes:
+        # protocol 2 stores bytes as latin-1 text; another codec name would import encodings.<name>
+        if encoding not in ("latin1", "latin-1"):
+            raise pickle.UnpicklingError(f"refusing codec {encoding!r} in a k-means pickle")
+        return codecs.encode(text, "latin1")
+
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy.core.multiarray._reconstruct (numpy._core in 2.x)
+    scalar = np.float32(1).__reduce__()[0]  # numpy.core.multiarray.scalar
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy.core.numeric._frombuffer (protocol 5)
+    rs_ctor = np.random.RandomState(0).__reduce__()[0]  # numpy.random._pickle.__randomstate_ctor
+    bitgen_ctor = np.random.MT19937(0).__reduce__()[0]  # numpy.random._pickle.__bit_generator_ctor
+    out: dict[tuple[str, str], Any] = {}
+    for mod in ("builtins", "__builtin__"):
+        for n in ("object", "set", "frozenset", "slice", "complex", "bytearray", "list", "dict", "tuple",
+                  "int", "float", "bool", "str", "bytes", "range"):
+            out[mod, n] = getattr(builtins, n)
+    out["copyreg", "_reconstructor"] = out["copy_reg", "_reconstructor"] = copyreg._reconstructor
+    out["_codecs", "encode"] = _latin1
+    out["collections", "OrderedDict"] = collections.OrderedDict
+    out["numpy", "ndarray"], out["numpy", "dtype"] = np.ndarray, np.dtype
+    for core in ("numpy.core", "numpy._core"):
+        out[f"{core}.multiarray", "_reconstruct"] = reconstruct
+        out[f"{core}.multiarray", "scalar"] = scalar
+        out[f"{core}.numeric", "_frombuffer"] = frombuffer
+    out["numpy.random._pickle", "__randomstate_ctor"] = rs_ctor
+    out["numpy.random", "__RandomState_ctor"] = rs_ctor  # numpy < 1.17 (called without arguments)
+    out["numpy.random._pickle", "__bit_generator_ctor"] = bitgen_ctor
+    out["numpy.random._mt19937", "MT19937"] = np.random.MT19937
+    for mod in ("joblib.numpy_pickle", "sklearn.externals.joblib.numpy_pickle"):  # the latter: sklearn < 0.23
+        out[mod, "NumpyArrayWrapper"] = _PlainArrays
+    return out
 
 
 def _load_pickle_centroids(path: Path) -> np.ndarray:
     try:
         from joblib.numpy_pickle import NumpyUnpickler, _validate_fileobject_and_memmap
-    except ImportError:  # joblib comes with scikit-learn; without it only plain pickles can be read
-        NumpyUnpickler, _validate_fileobject_and_memmap = pickle.Unpickler, None
+    except ImportError as e:  # joblib comes with scikit-learn, which made the file
+        raise SlamError(f"{path}: reading a pickled k-means needs joblib (pip install scikit-learn)") from e
+    allowed = _allowed_globals()
 
     class Restricted(NumpyUnpickler):  # type: ignore[misc, valid-type]
         def find_class(self, module: str, name: str) -> Any:
-            root = module.split(".")[0]
-            if root == "sklearn" and not module.endswith("numpy_pickle"):
+            if (module, name) in allowed:
+                return allowed[module, name]
+            # any scikit-learn estimator (KMeans, MiniBatchKMeans, a Pipeline holding one): an inert class of
+            # that name that keeps its attribute dict; sklearn itself is never imported, no sklearn code runs
+            if module.split(".")[0] == "sklearn" and name.isidentifier() and not name.startswith("_"):
                 return type(name, (_Inert,), {})
-            if (module, name) in _SAFE or (root == "numpy" and name in _SAFE_NUMPY):
-                return super().find_class(module, name)
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a k-means pickle")
 
     with open(path, "rb") as f:
-        if _validate_fileobject_and_memmap is None:
-            obj = Restricted(f).load()
-        else:
-            # joblib's own helper undoes joblib's optional compression (zlib/gzip/lzma...) transparently.
-            with _validate_fileobject_and_memmap(f, str(path), None) as (fobj, _):
-                obj = Restricted(str(path), fobj, True).load()
+        # joblib's own helper undoes joblib's optional compression (zlib/gzip/lzma...) transparently.
+        with _validate_fileobject_and_memmap(f, str(path), None) as (fobj, _):
+            obj = Restricted(str(path), fobj, True).load()
     return _find_centers(obj, path)
 
 
@@ -222,8 +272,10 @@ class KMeans:
                 return cls(_load_pickle_centroids(path), source=str(path))
         except SlamError:
             raise
-        except (pickle.UnpicklingError, ValueError, OSError, EOFError, KeyError, AttributeError,
-                TypeError, json.JSONDecodeError) as e:
+        except (pickle.UnpicklingError, ValueError, OSError, EOFError, LookupError, AttributeError,
+                TypeError, IndexError, MemoryError, RecursionError, zlib.error, lzma.LZMAError) as e:
+            # what a truncated, corrupt or hostile file raises (a cut stream: EOFError/UnpicklingError; a
+            # corrupt compressed one: zlib.error/LZMAError; an absurd array shape: ValueError/MemoryError)
             raise SlamError(f"{path}: cannot read k-means ({type(e).__name__}: {e})") from None
         raise SlamError(f"{path}: unknown k-means format {suffix!r} (expected .npz, .npy or a joblib .bin)")
 
