@@ -87,8 +87,9 @@ def main() -> None:
     from slam.train.budget import Budget
     from slam.train.config import BudgetConfig
     from slam.train.config import Optim
-    from slam.train.dpo import Metrics, collate, dpo_loss, encode_pairs, make_loss_fn, reference_table, \
-        sequence_logps, with_reference
+    from slam.train.dpo import Metrics, make_loss_fn, reference_table, sequence_logps, with_reference
+    from slam.train.losses import dpo_loss
+    from slam.train.pairs import collate, encode_pairs
     from slam.train.engine import train_step
     from slam.train.optim import build_optimizer
 

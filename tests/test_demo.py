@@ -240,7 +240,7 @@ def test_demo_recipes_load_and_share_one_model_shape():
     assert text.data.kind == "text" and text.model.base is None
     # TWIST: the speech LM takes the text LM's body, so the shapes must be the same
     assert speech.model.config == text.model.config
-    from slam.train.dpo import load as load_dpo
+    from slam.train.config import load_dpo
 
     cfg = load_dpo("demo-dpo", [])
     assert cfg.dpo.beta == 0.1 and cfg.schedule.name == "inverse_sqrt"

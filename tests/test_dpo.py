@@ -12,10 +12,12 @@ import torch
 
 from slam.attention import varlen_kwargs
 from slam.prefs import PrefPair, filter_auto_bleu, load_prefs, prompt_chosen_auto_bleu, read_jsonl_prefs
-from slam.train.dpo import DPOConfig, Metrics, PairLoader, collate, dpo_loss, encode_pairs, make_loss_fn, \
-    sequence_logps
 from slam.config import RECIPES
-from slam.train.dpo import load
+from slam.train.config import DPOConfig
+from slam.train.config import load_dpo as load
+from slam.train.dpo import Metrics, make_loss_fn, sequence_logps
+from slam.train.losses import dpo_loss
+from slam.train.pairs import PairLoader, collate, encode_pairs
 
 
 def tiny_model(seed: int = 0, n_units: int = 16, varlen: bool = True):

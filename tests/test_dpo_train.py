@@ -101,7 +101,7 @@ def test_dpo_learns_the_preferences_and_leaves_the_start_model_untouched(start, 
 
 
 def test_killed_run_resumed_equals_the_uninterrupted_run(start, prefs, tmp_path, monkeypatch):
-    import slam.train.dpo as dpo_mod
+    import slam.train.engine as engine
 
     extra = ("budget.steps=6", "checkpoint.every_steps=3", "dpo.precompute_reference=true")
     ref = tmp_path / "ref"
@@ -112,7 +112,7 @@ def test_killed_run_resumed_equals_the_uninterrupted_run(start, prefs, tmp_path,
     class Killed(BaseException):
         pass
 
-    real, calls = dpo_mod.train_step, []
+    real, calls = engine.train_step, []
 
     def dies_at_step_5(*a, **k):
         calls.append(1)
@@ -121,10 +121,10 @@ def test_killed_run_resumed_equals_the_uninterrupted_run(start, prefs, tmp_path,
         return real(*a, **k)
 
     run = tmp_path / "run"
-    monkeypatch.setattr(dpo_mod, "train_step", dies_at_step_5)
+    monkeypatch.setattr(engine, "train_step", dies_at_step_5)
     with pytest.raises(Killed):
         main(args(start, prefs, run, *extra))
-    monkeypatch.setattr(dpo_mod, "train_step", real)
+    monkeypatch.setattr(engine, "train_step", real)
     cache_mtime = (run / "reference-logps.safetensors").stat().st_mtime_ns
     assert main(["dpo", str(run)]) == 0  # a run folder: its config.yaml, resume=true
     assert (run / "reference-logps.safetensors").stat().st_mtime_ns == cache_mtime  # the cache was reused

@@ -21,7 +21,8 @@ import argparse
 from slam.errors import ConfigError
 from slam.cli.recipe import add_recipe_arguments, print_keys, recipe_or_check
 from slam.cli.prefs import add_build_arguments, build
-from slam.train.dpo import DPOConfig
+from slam.train.config import DPOConfig
+from slam.train.dpo import dpo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,5 @@ def run(args: argparse.Namespace) -> int:
                                            "--build-prefs")
     if cfg is None:
         return 0
-    from slam.train.dpo import dpo  # torch and transformers: only when training
-
     dpo(cfg)
     return 0

@@ -14,6 +14,7 @@ import argparse
 
 from slam.cli.recipe import add_recipe_arguments, print_keys, recipe_or_check
 from slam.train.config import TrainConfig
+from slam.train.pretrain import train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,5 @@ def run(args: argparse.Namespace) -> int:
                                              "twist-original, tiny-cpu)")
     if cfg is None:
         return 0
-    from slam.train.pretrain import train  # torch and transformers: only when training
-
     train(cfg)
     return 0

@@ -276,7 +276,81 @@ class TrainConfig(RunConfig):
                   f"{self.schedule.warmup_min_steps} warmup steps exceed the {steps} steps of budget.tokens")
 
 
+
+# --- DPO (`slam dpo`) ----------------------------------------------------------------------------------------
+@dataclass
+class DPOData:
+    train: str = "data/prefs/units"
+    """Preference pairs: a units dataset whose ids are <pair>-prompt|chosen|rejected (`slam dpo
+    --build-prefs` writes one) or a prefs.jsonl of audio / .npy / inline units, paths relative to it."""
+    val: str | None = None
+    """Separate validation pairs; null = hold out `val_fraction` of the training pairs (by a hash of the id)."""
+    val_fraction: float = 0.01
+    """Share of pairs held out for validation when `val` is null (0 = no validation)."""
+    max_length: int = 1024
+    """Longest `<s> prompt completion <s>` kept, in tokens (the model's context); longer pairs are left out
+    and counted (SpokenSwag's are ~10 s of speech, ~250 tokens)."""
+
+    def __post_init__(self) -> None:
+        check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
+        check(self.max_length >= 3, "data.max_length", f"must be at least 3, got {self.max_length}")
+
+
+@dataclass
+class DPOBatch:
+    size: int = 64
+    """Pairs per optimiser step over all devices (the paper: 4 per device x 16 accumulation)."""
+    micro: int = 4
+    """Pairs per device per forward pass (2 sequences each, packed into one row)."""
+
+    def __post_init__(self) -> None:
+        check(self.size > 0, "batch.size", f"must be positive, got {self.size}")
+        check(self.micro > 0, "batch.micro", f"must be positive, got {self.micro}")
+        check(self.size % self.micro == 0, "batch.micro", f"{self.micro} does not divide batch.size {self.size}")
+
+
+@dataclass
+class DPOLoss:
+    beta: float = 0.1
+    """Strength of the pull towards the reference (the paper: 0.1); higher = stay closer."""
+    precompute_reference: bool = False
+    """Compute the reference log-probs of every pair once before training (cached in the run folder) and
+    free the reference model: no second model in memory and one forward less per micro-batch."""
+
+    def __post_init__(self) -> None:
+        check(self.beta > 0, "dpo.beta", f"must be positive, got {self.beta}")
+
+
+@dataclass
+class DPOConfig(RunConfig):
+    """`slam dpo`: the shared run settings (slam.train.config.RunConfig) with DPO's own defaults, plus the
+    starting model, the preference data, the loss and the batch of pairs."""
+
+    out: str = "runs/slam-dpo"
+    model: str = "runs/slam/final"
+    """The starting model (a slam model folder, or a published slamkit folder): the policy starts from it
+    and the frozen reference IS it."""
+    data: DPOData = field(default_factory=DPOData)
+    dpo: DPOLoss = field(default_factory=DPOLoss)
+    batch: DPOBatch = field(default_factory=DPOBatch)
+    # the paper's DPO: lr 5e-5, inverse-sqrt after 12% warmup, 30 minutes, validation and checkpoints every 200
+    optim: Optim = field(default_factory=lambda: Optim(lr=5e-5))
+    schedule: Schedule = field(default_factory=lambda: Schedule(name="inverse_sqrt", warmup=0.12,
+                                                                warmup_min_steps=0, min_lr=0.0))
+    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(time="30m"))
+    eval: Eval = field(default_factory=lambda: Eval(every_steps=200, batches=0))
+    checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(every_steps=200, every_minutes=10))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(bool(self.model), "model", "must name the starting model folder")
+
 def load(recipe: str, overrides: list[str]) -> TrainConfig:
     """A pre-training recipe as `slam train` reads it: a YAML file, a shipped name or a run folder, then
     `key=value` overrides."""
     return load_recipe(TrainConfig, recipe, overrides)
+
+
+def load_dpo(recipe: str, overrides: list[str]) -> DPOConfig:
+    """A DPO recipe as `slam dpo` reads it: a YAML file, a shipped name or a run folder, then overrides."""
+    return load_recipe(DPOConfig, recipe, overrides)

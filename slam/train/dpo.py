@@ -24,15 +24,14 @@ non-finite guard, cadence of validation and checkpoints). This module adds the `
 train_step divides the gradients by the global count the loss returns, here the number of pairs, so a step's
 gradient is the mean over its 64 pairs however they fall into micro-batches and ranks.
 
-    from slam.train.dpo import dpo, dpo_loss
-    final = dpo(load_config(DPOConfig, "slam/recipes/slam-dpo.yaml", ["model=runs/slam/final"]))
+    from slam.train.dpo import dpo
+    from slam.train.config import load_dpo
+    final = dpo(load_dpo("slam-dpo", ["model=runs/slam/final"]))
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,245 +41,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from slam.attention import ATTN_NAME, cu_seqlens_from_position_ids, use_varlen_attention
-from slam.config import check, load_recipe
-from slam.data import in_val_split
+from slam.attention import ATTN_NAME, use_varlen_attention
 from slam.errors import ConfigError, SlamError
 from slam.model import count_parameters, load_model, save_model
-from slam.prefs import load_prefs
 from slam.train import dist
 from slam.train.budget import Budget
-from slam.train.config import BudgetConfig, Checkpoint, Eval, Optim, RunConfig, Schedule
-from slam.train.flops import attention_width, batch_flops
+from slam.train.config import DPOConfig
 from slam.train.engine import (Session, StepStats, accumulation, autocast, log_done, overhead_text, plain_model,
                                prepare_run_folder, resume_state, run_loop, seed_everything)
+from slam.train.flops import attention_width, batch_flops
+from slam.train.losses import DPOOutput, dpo_loss
 from slam.train.optim import build_optimizer
+from slam.train.pairs import EncodedPairs, PairLoader, collate, load_pairs, to_device
 from slam.utils import format_duration
-
-
-# --- the loss -----------------------------------------------------------------------------------------------
-@dataclass
-class DPOOutput:
-    losses: torch.Tensor
-    """[B] per-pair loss -log sigmoid(beta * margin of log-ratios)."""
-    chosen_rewards: torch.Tensor
-    """[B] beta * (log pi(chosen) - log ref(chosen)), detached."""
-    rejected_rewards: torch.Tensor
-    """[B] beta * (log pi(rejected) - log ref(rejected)), detached."""
-
-
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1) -> DPOOutput:
-    """The DPO loss of the module docstring on summed completion log-probs ([B] each).
-
-    Worked example (tests/test_dpo.py): policy -1 / -2, reference -1.5 / -1.5, beta 0.1 -> rewards +0.05 /
-    -0.05, margin 0.1, loss = log(1 + e^-0.1) = 0.644397. logsigmoid keeps it finite for any margin.
-    """
-    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    losses = -F.logsigmoid(beta * logits)
-    return DPOOutput(losses, (beta * (policy_chosen - ref_chosen)).detach(),
-                     (beta * (policy_rejected - ref_rejected)).detach())
-
-
-# --- the recipe ---------------------------------------------------------------------------------------------
-@dataclass
-class DPOData:
-    train: str = "data/prefs/units"
-    """Preference pairs: a units dataset whose ids are <pair>-prompt|chosen|rejected (`slam dpo
-    --build-prefs` writes one) or a prefs.jsonl of audio / .npy / inline units, paths relative to it."""
-    val: str | None = None
-    """Separate validation pairs; null = hold out `val_fraction` of the training pairs (by a hash of the id)."""
-    val_fraction: float = 0.01
-    """Share of pairs held out for validation when `val` is null (0 = no validation)."""
-    max_length: int = 1024
-    """Longest `<s> prompt completion <s>` kept, in tokens (the model's context); longer pairs are left out
-    and counted (SpokenSwag's are ~10 s of speech, ~250 tokens)."""
-
-    def __post_init__(self) -> None:
-        check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
-        check(self.max_length >= 3, "data.max_length", f"must be at least 3, got {self.max_length}")
-
-
-@dataclass
-class DPOBatch:
-    size: int = 64
-    """Pairs per optimiser step over all devices (the paper: 4 per device x 16 accumulation)."""
-    micro: int = 4
-    """Pairs per device per forward pass (2 sequences each, packed into one row)."""
-
-    def __post_init__(self) -> None:
-        check(self.size > 0, "batch.size", f"must be positive, got {self.size}")
-        check(self.micro > 0, "batch.micro", f"must be positive, got {self.micro}")
-        check(self.size % self.micro == 0, "batch.micro", f"{self.micro} does not divide batch.size {self.size}")
-
-
-@dataclass
-class DPOLoss:
-    beta: float = 0.1
-    """Strength of the pull towards the reference (the paper: 0.1); higher = stay closer."""
-    precompute_reference: bool = False
-    """Compute the reference log-probs of every pair once before training (cached in the run folder) and
-    free the reference model: no second model in memory and one forward less per micro-batch."""
-
-    def __post_init__(self) -> None:
-        check(self.beta > 0, "dpo.beta", f"must be positive, got {self.beta}")
-
-
-@dataclass
-class DPOConfig(RunConfig):
-    """`slam dpo`: the shared run settings (slam.train.config.RunConfig) with DPO's own defaults, plus the
-    starting model, the preference data, the loss and the batch of pairs."""
-
-    out: str = "runs/slam-dpo"
-    model: str = "runs/slam/final"
-    """The starting model (a slam model folder, or a published slamkit folder): the policy starts from it
-    and the frozen reference IS it."""
-    data: DPOData = field(default_factory=DPOData)
-    dpo: DPOLoss = field(default_factory=DPOLoss)
-    batch: DPOBatch = field(default_factory=DPOBatch)
-    # the paper's DPO: lr 5e-5, inverse-sqrt after 12% warmup, 30 minutes, validation and checkpoints every 200
-    optim: Optim = field(default_factory=lambda: Optim(lr=5e-5))
-    schedule: Schedule = field(default_factory=lambda: Schedule(name="inverse_sqrt", warmup=0.12,
-                                                                warmup_min_steps=0, min_lr=0.0))
-    budget: BudgetConfig = field(default_factory=lambda: BudgetConfig(time="30m"))
-    eval: Eval = field(default_factory=lambda: Eval(every_steps=200, batches=0))
-    checkpoint: Checkpoint = field(default_factory=lambda: Checkpoint(every_steps=200, every_minutes=10))
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check(bool(self.model), "model", "must name the starting model folder")
-
-
-def load(recipe: str, overrides: list[str]) -> DPOConfig:
-    """A DPO recipe as `slam dpo` reads it: a YAML file, a shipped name or a run folder, then overrides."""
-    return load_recipe(DPOConfig, recipe, overrides)
-
-
-# --- data ---------------------------------------------------------------------------------------------------
-@dataclass
-class EncodedPairs:
-    """Every pair as model ids: prompt `<s> units`, completions `units <s>` (slamkit's tokenisation)."""
-
-    ids: list[str]
-    prompt: list[np.ndarray]
-    chosen: list[np.ndarray]
-    rejected: list[np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def fingerprint(self) -> str:
-        h = hashlib.blake2b(digest_size=12)
-        for i in range(len(self)):
-            h.update(self.ids[i].encode())
-            for a in (self.prompt[i], self.chosen[i], self.rejected[i]):
-                h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-        return h.hexdigest()
-
-
-def encode_pairs(pairs: list, info: Any) -> EncodedPairs:
-    return EncodedPairs([p.id for p in pairs], [info.units_to_ids(p.prompt, bos=True, eos=False) for p in pairs],
-                        [info.units_to_ids(p.chosen, bos=False, eos=True) for p in pairs],
-                        [info.units_to_ids(p.rejected, bos=False, eos=True) for p in pairs])
-
-
-def collate(pairs: EncodedPairs, index: np.ndarray) -> dict[str, Any]:
-    """Pairs -> one packed row [1, T]: sequence 2j = prompt+chosen, 2j+1 = prompt+rejected of pair j.
-
-    The completion tokens are the targets: `target_pos` = the row positions whose logits predict one (the
-    token before it), `target_ids` = that token, `target_owner` = its sequence. Computed here, on the host,
-    so the forward needs no boolean mask (no device sync) and only those rows of the logits are scored."""
-    ids, pos, tpos, tids, town = [], [], [], [], []
-    start = 0
-    for j, i in enumerate(index):
-        p = pairs.prompt[i]
-        for k, comp in enumerate((pairs.chosen[i], pairs.rejected[i])):
-            seq = np.concatenate([p, comp])
-            ids.append(seq)
-            pos.append(np.arange(len(seq)))
-            tpos.append(start + np.arange(len(p) - 1, len(seq) - 1))
-            tids.append(comp)
-            town.append(np.full(len(comp), 2 * j + k, dtype=np.int64))
-            start += len(seq)
-    position_ids = np.concatenate(pos)[None]
-    cu, max_len = cu_seqlens_from_position_ids(position_ids)
-    cu_t = torch.from_numpy(cu)
-    return {"input_ids": torch.from_numpy(np.concatenate(ids)[None]), "position_ids": torch.from_numpy(position_ids),
-            "target_pos": torch.from_numpy(np.concatenate(tpos)), "target_ids": torch.from_numpy(np.concatenate(tids)),
-            "target_owner": torch.from_numpy(np.concatenate(town)),
-            "index": torch.from_numpy(np.asarray(index, dtype=np.int64)),
-            "cu_seq_lens_q": cu_t, "cu_seq_lens_k": cu_t, "max_length_q": max_len, "max_length_k": max_len,
-            "n_tokens": int(position_ids.shape[1])}
-
-
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-class PairLoader:
-    """Seeded shuffled order of the training pairs, `micro` pairs per rank per micro-batch; its position
-    {epoch, batch} resumes exactly (the order is a pure function of seed and epoch). The last incomplete
-    global micro-batch of an epoch is skipped, so every rank always gets full micro-batches."""
-
-    def __init__(self, train_index: np.ndarray, micro: int, seed: int, rank: int = 0, world: int = 1,
-                 fingerprint: str = "") -> None:
-        self.index = np.asarray(train_index, dtype=np.int64)
-        self.micro, self.seed, self.rank, self.world = int(micro), int(seed), int(rank), int(world)
-        self.per_epoch = len(self.index) // (self.micro * self.world)
-        if self.per_epoch == 0:
-            raise ConfigError(f"batch.micro: {len(self.index)} training pairs are fewer than one micro-batch of "
-                              f"{self.micro} pairs on each of {self.world} processes")
-        self.fp = fingerprint
-        self.epoch, self.batch = 0, 0
-        self._order: tuple[int, np.ndarray] | None = None
-
-    def order(self, epoch: int) -> np.ndarray:
-        if self._order is None or self._order[0] != epoch:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
-            self._order = (epoch, self.index[rng.permutation(len(self.index))])
-        return self._order[1]
-
-    def next(self) -> np.ndarray:
-        if self.batch >= self.per_epoch:
-            self.epoch, self.batch = self.epoch + 1, 0
-        first = (self.batch * self.world + self.rank) * self.micro
-        self.batch += 1
-        return self.order(self.epoch)[first:first + self.micro]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "batch": self.batch, "seed": self.seed, "global_micro": self.micro * self.world,
-                "fingerprint": self.fp}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if int(state["seed"]) != self.seed or int(state["global_micro"]) != self.micro * self.world:
-            raise SlamError(f"data position was saved with seed {state['seed']} and {state['global_micro']} pairs "
-                            f"per micro-step, this run has {self.seed} and {self.micro * self.world}; resume "
-                            f"with the same settings")
-        if state.get("fingerprint") and state["fingerprint"] != self.fp:
-            raise SlamError("the preference pairs changed since the checkpoint; resume with the same data")
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-
-
-def load_pairs(cfg: DPOConfig, info: Any, main: bool = True) -> tuple[EncodedPairs, np.ndarray, np.ndarray, dict]:
-    """All pairs (train then val) as ids, the train and val indices into them, and counts for the log."""
-    try:
-        train, stats = load_prefs(cfg.data.train, info, model_dir=cfg.model, progress=main)
-        val = load_prefs(cfg.data.val, info, model_dir=cfg.model, progress=main)[0] if cfg.data.val else []
-    except SlamError as e:
-        raise ConfigError(f"data: {e}") from None
-    if not cfg.data.val and cfg.data.val_fraction > 0:
-        held = [in_val_split(p.id, cfg.data.val_fraction) for p in train]
-        val = [p for p, h in zip(train, held) if h]
-        train = [p for p, h in zip(train, held) if not h]
-    pairs = encode_pairs(train + val, info)
-    lengths = np.array([len(p) + max(len(c), len(r)) for p, c, r in zip(pairs.prompt, pairs.chosen, pairs.rejected)])
-    ok = lengths <= cfg.data.max_length
-    n_train = len(train)
-    train_idx = np.flatnonzero(ok[:n_train])
-    val_idx = n_train + np.flatnonzero(ok[n_train:])
-    counts = {**stats, "train_pairs": int(len(train_idx)), "val_pairs": int(len(val_idx)),
-              "too_long": int((~ok).sum()), "mean_tokens_per_sequence": float(lengths.mean()) if len(lengths) else 0.0}
-    return pairs, train_idx, val_idx, counts
 
 
 # --- forward ------------------------------------------------------------------------------------------------
