@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slam.errors import ConfigError
-from slam.train.memory import (GiB, ModelShape, check_micro, count_params, flops_per_token, largest_micro,
+from slam.train.memory import (GiB, ModelShape, check_micro, checkpoint_bytes, count_params, flops_per_token, largest_micro,
                                layer_activation_bytes, predict_memory, predict_tokens_per_second,
                                rest_activation_bytes)
 
@@ -49,6 +49,7 @@ def test_slam_memory_by_hand():
     # fp32 with the SDPA path (the CPU run of bench/full_shape.py): 2 x 7,172 + 2 x 4 x 896 + 4 x 4 x 896
     # + 56 + 4 x 1,024 (the mask) + 4 x 4 x 4,864 = 117,824 bytes per token and block
     assert layer_activation_bytes(s, 1024, "fp32", "sdpa") == 14_344 + 7_168 + 14_336 + 56 + 4_096 + 77_824
+    assert checkpoint_bytes(s) == 12 * N == 4_300_174_848  # model 4 N + AdamW's two states 8 N
     f = predict_memory(s, 1, 1024, "fp32", "sdpa")
     assert f.autocast == 0 and f.states == 16 * N
     # two DDP processes add the reducer's buckets; two FSDP processes halve the states and gather one block

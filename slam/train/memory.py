@@ -184,6 +184,12 @@ def predict_memory(s: ModelShape, micro: int, context: int, precision: Precision
         micro=micro, context=context, precision=precision, attention=attention)
 
 
+def checkpoint_bytes(s: ModelShape, optimizer: str = "adamw") -> int:
+    """A slam checkpoint's size: fp32 model.safetensors (a tied table stored once) + the optimiser's fp32
+    states in optimizer.pt; headers, the step counters, rng.pt and state.json add well under 1 MB."""
+    return 4 * s.params * (1 + OPTIMIZER_STATES.get(optimizer, 2))
+
+
 def flops_per_token(s: ModelShape, context: int) -> float:
     """Training FLOPs per token on full rows (every document as long as the context: the upper bound)."""
     return batch_flops(s.params, context, context * (context + 1) // 2, s.layers, s.heads * s.head_dim) / context
