@@ -1,7 +1,7 @@
 """Varlen attention for packed rows: every document attends only to itself, with no dense [S, S] mask.
 
 A packed batch is [B, S] rows holding several documents each, with `position_ids` restarting at 0 at every
-document. transformers' own paths get this wrong in ways that fail silently (../shared/gpu-notes.md):
+document. transformers' own paths (5.x) get this wrong in ways that fail silently:
 with a cache (use_cache defaults to True) or an all-ones attention_mask the documents attend to each other;
 flash-attention only detects packing when B == 1; OPT never passes position_ids to its mask builder at all;
 and SDPA builds a dense [B, 1, S, S] mask (plus a 7x repeat_kv copy for Qwen2.5-0.5B's 14/2 heads).

@@ -12,7 +12,7 @@ to 502 rows), with RoPE theta 10,000 instead of Qwen's 1e6 and every dropout at 
 Vocabulary rows come from the SlamInfo layout (pad 0, <s> 1, units from 2 for speech-only models; an
 interleaved layout simply has a larger vocab_size and unit_offset), so one code path serves both.
 `use_cache` is switched off in every config slam writes: a cache built during a packed training forward
-silently lets documents attend to each other (../shared/gpu-notes.md).
+silently lets documents attend to each other (docs/model-and-packing.md, "Attention for packed rows").
 """
 
 from __future__ import annotations

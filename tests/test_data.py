@@ -119,7 +119,8 @@ def test_bucketed_cu_seqlens_give_the_same_loss():
 
 
 def test_leaks_are_detected():
-    """The probe and the loss see the failure modes of ../shared/gpu-notes.md (so the tests above can fail)."""
+    """The probe and the loss see the failure modes of transformers' packed attention (docs/model-and-packing.md),
+    so the tests above can fail."""
     model, _ = random_init("qwen2", K, overrides=TINY["qwen2"], seed=1)
     model.eval()
     docs = docs_of([5, 6, 4, 9])
@@ -292,12 +293,16 @@ def test_text_source_and_validation_loss(tmp_path):
     assert len(val) + len(train) == 40 and len(val) > 0
     model, _ = random_init("llama", 0, overrides=TINY["llama"] | {"vocab_size": len(words)},
                            info=SlamInfo(n_units=0, vocab_size=len(words), pad_id=0, bos_id=1, eos_id=2))
-    loader = PackedLoader([val], seq_len=16, batch_size=2, shuffle=False, infinite=False)
-    loss, n = evaluate_loss(model, loader)
     ref, ref_n = separate_loss(model, [val.doc(i) for i in range(len(val))])
-    # the loader chunks documents at row boundaries, so compare only the count and the magnitude
-    assert n == sum(b["n_tokens"] for b in PackedLoader([val], 16, 2, shuffle=False, infinite=False))
-    assert 0.5 * ref / ref_n < loss < 2 * ref / ref_n
+    # one row long enough for every held-out document: packed with per-document positions, the loss is
+    # exactly the documents' own (each alone, unpacked), token for token
+    total = int(val.lengths().sum())
+    loss, n = evaluate_loss(model, PackedLoader([val], seq_len=total + 8, batch_size=1, shuffle=False,
+                                                infinite=False))
+    assert n == ref_n and loss == pytest.approx(ref / ref_n, rel=1e-5)
+    # rows of 12 cut the 8-token documents at row boundaries: a chunk's first token is not predicted
+    _, n12 = evaluate_loss(model, PackedLoader([val], 12, 2, shuffle=False, infinite=False))
+    assert n12 == sum(b["n_tokens"] for b in PackedLoader([val], 12, 2, shuffle=False, infinite=False)) < ref_n
     with pytest.raises(SlamError):
         text_source(tmp_path / "missing.txt", tmp_path / "tok")
 

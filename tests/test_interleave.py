@@ -12,41 +12,7 @@ from slam.data.interleave import TimedUtterance as Utterance
 from slam.eval.cross_modal import split_story
 from slam.tokens import interleaved_layout
 
-SENTENCES = [
-    "Ben met Zoe at the park.", "The tomatoes were tall.", "Ben likes to pick the tulips.",
-    "Max liked the woods.", "Then Max went home from the forest.", "Anna sliced the sticky bun.",
-    "The cake is very sticky.", "Tom held the loud piano.", "He saw five pianos near the music room.",
-]
-
-
-def make_text_tokenizer(folder, lines=SENTENCES, vocab_size=200):
-    """A byte-level BPE trained here (no hub): decoding gives back the text exactly."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator(lines, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>")
-    tok.save_pretrained(str(folder))
-    return tok
-
-
-def make_base_model(folder, tok, tied=False):
-    """A tiny random Llama 'text LM' saved with its tokenizer (the TWIST base)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=len(tok) + 7, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=tied, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return model
+from tiny import SENTENCES, fake_words, make_base_model, make_text_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +66,7 @@ def test_policy_edges_and_bad_name():
 # --- utterances -> ids -> words and units -------------------------------------------------------------------
 def fake_utterance(text, seed=0, frame_rate=25.0):
     """Words laid out with pauses, units deduplicated from frames: the kind of row `slam tokenize` writes."""
-    rng = np.random.default_rng(seed)
-    raw = text.split()
-    words, t = [], 0.1
-    for w in raw:
-        dur = 0.12 + 0.06 * len(w)
-        words.append((w.strip(".,"), t, t + dur))
-        t += dur + float(rng.uniform(0.0, 0.2))
-    n_frames = int((t + 0.2) * frame_rate)
-    frames = rng.integers(0, 20, size=n_frames)
-    from slam.units.dataset import dedup
-
-    units, durations = dedup(frames)
+    units, durations, words = fake_words(text, seed, frame_rate)
     return Utterance(f"u{seed}", units, durations, words, text)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import yaml
 
 from slam.cli import main
-from tests.test_interleave import make_base_model, make_text_tokenizer
+from tiny import make_base_model, make_text_tokenizer
 
 
 def build_and_train(root):
@@ -79,16 +79,23 @@ def check_model_folder(run):
 def check_eval(run):
     from slam.synth.tts import synthesize_pairs
 
-    audio_pairs, _ = synthesize_pairs(run / "corpus" / "bench" / "story" / "pairs.jsonl", run / "bench-audio",
-                                      workers=2, progress=False)
+    story = run / "corpus" / "bench" / "story" / "pairs.jsonl"
+    audio_pairs, _ = synthesize_pairs(story, run / "bench-audio", workers=2, progress=False)
+    # the same pairs with positive and negative swapped: every outcome flips (a tie stays 0.5), so the two
+    # accuracies sum to exactly 100 whatever the model; a score that ignored the ending would break it
+    swapped = run / "swapped.jsonl"
+    rows = [json.loads(line) for line in story.read_text().splitlines()]
+    swapped.write_text("".join(json.dumps({**r, "positive": r["negative"], "negative": r["positive"]}) + "\n"
+                               for r in rows))
     out = run / "results.json"
     assert main(["eval", str(run / "run" / "final"), "--bench", f"sSC={audio_pairs}", "--cross-modal",
-                 f"story={run / 'corpus' / 'bench' / 'story' / 'pairs.jsonl'}", "--cross-modal-work",
-                 str(run / "xmodal"), "--no-cache", "--out", str(out)]) == 0
+                 f"story={story}", "--cross-modal", f"swap={swapped}", "--no-cache", "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())["metrics"]
-    assert set(metrics) == {"sSC", "story-t2s", "story-s2t"}
+    assert set(metrics) == {"sSC", "story-t2s", "story-s2t", "swap-t2s", "swap-s2t"}
     for name, r in metrics.items():
-        assert r["n"] == 4 and 0.0 <= r["value"] <= 100.0, (name, r)
+        assert r["n"] == 4 and (r["value"] / 12.5).is_integer(), (name, r)  # 4 pairs, ties 0.5: k/8 of 100
+    for d in ("t2s", "s2t"):
+        assert metrics[f"story-{d}"]["value"] + metrics[f"swap-{d}"]["value"] == 100.0
 
 
 def check_scores_only_the_ending(run):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from slam.train.config import TrainConfig
 SHIPPED = sorted(p.stem for p in RECIPES.glob("*.yaml") if not p.stem.endswith("-dpo"))
 
 
-def test_the_four_recipes_are_shipped():
+def test_the_documented_training_recipes_are_shipped():
     assert SHIPPED == ["demo-speech", "demo-text", "slam", "slam-interleaved", "slam-scaled", "tiny-cpu",
                        "twist-original"]
 
@@ -28,7 +27,7 @@ def test_shipped_recipe_loads_and_validates(name):
     cfg = load(str(RECIPES / f"{name}.yaml"), [])
     assert isinstance(cfg, TrainConfig)
     assert cfg.data.train, "every recipe names its training data"
-    assert cfg.batch.size % cfg.batch.micro == 0
+    assert cfg.out.startswith("runs/"), "every recipe writes its own run folder under runs/"
 
 
 def test_slam_recipe_is_the_papers_final_recipe():
@@ -106,4 +105,3 @@ def test_a_run_folder_resumes_with_its_own_config(tmp_path):
     (run / "config.yaml").write_text("out: elsewhere\nseed: 7\n")
     cfg = load(str(run), [])
     assert cfg.resume is True and Path(cfg.out) == run and cfg.seed == 7
-    assert dataclasses.is_dataclass(cfg)
