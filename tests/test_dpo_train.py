@@ -12,6 +12,7 @@ import pytest
 
 from slam.cli import main
 from slam.utils import sha256_file
+from tiny import ramp_prefs, slam_model_folder
 
 N_UNITS = 16
 
@@ -19,45 +20,13 @@ N_UNITS = 16
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """A tiny random Qwen2 saved as a slam model folder, with a weight-free mel tokenizer in slam.json."""
-    from slam.model import random_init, save_model
-    from slam.tokens import SlamInfo
-    from slam.units.kmeans import KMeans
-    from slam.units.melkmeans import MelParams
-    from slam.units.tokenizer import load_tokenizer
-
-    root = tmp_path_factory.mktemp("start")
-    rng = np.random.default_rng(0)
-    km = KMeans(rng.normal(size=(N_UNITS, 80)).astype(np.float32), rng.normal(-6, 1, 80), np.full(80, 3.0),
-                {"kind": "mel", **MelParams().to_dict()})
-    km.save(root / "km.npz")
-    tok = load_tokenizer(f"mel:{root / 'km.npz'}")
-    folder = root / "model"
-    info = SlamInfo(n_units=N_UNITS, tokenizer=tok.save_to(root / "tok"), tokenizer_hash=tok.hash)
-    model, info = random_init({"model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64,
-                               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                               "max_position_embeddings": 128, "tie_word_embeddings": True}, N_UNITS, seed=0,
-                              info=info)
-    save_model(model, info, folder, tokenizer_root=root / "tok")
-    return folder
+    return slam_model_folder(tmp_path_factory.mktemp("start"), N_UNITS)
 
 
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory, start):
     """8 pairs in the units-dataset form: chosen continues the prompt's ramp, rejected is noise."""
-    from slam.tokens import SlamInfo
-    from slam.units.dataset import UnitsWriter
-
-    out = tmp_path_factory.mktemp("prefs") / "units"
-    rng = np.random.default_rng(1)
-    info = SlamInfo.load(start)
-    with UnitsWriter(out, {"n_units": N_UNITS, "tokenizer_hash": info.tokenizer_hash, "dedup": True}) as w:
-        for i in range(8):
-            a, step = int(rng.integers(0, N_UNITS)), int(rng.integers(1, 4))
-            ramp = (a + step * np.arange(12)) % N_UNITS
-            parts = {"prompt": ramp[:6], "chosen": ramp[6:], "rejected": rng.integers(0, N_UNITS, 6)}
-            for f, u in parts.items():
-                w.add(f"pair{i}-{f}", u, np.ones_like(u), len(u) / 25, "test")
-    return out
+    return ramp_prefs(tmp_path_factory.mktemp("prefs") / "units", start, n_units=N_UNITS)
 
 
 def args(start, prefs, out, *extra):

@@ -16,6 +16,7 @@ import torch
 from slam.train import checkpoint
 from slam.train.config import load
 from slam.train.pretrain import train
+from tiny import ramp_units, train_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,26 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def units(tmp_path_factory):
     """~6k tokens of learnable unit sequences (arithmetic progressions mod 16)."""
-    from slam.units.dataset import UnitsWriter
-
-    out = tmp_path_factory.mktemp("units") / "ds"
-    rng = np.random.default_rng(0)
-    with UnitsWriter(out, {"n_units": 16, "tokenizer_hash": "t", "dedup": True}) as w:
-        for i in range(120):
-            n = int(rng.integers(8, 90))
-            u = (rng.integers(0, 16) + rng.integers(1, 4) * np.arange(n)) % 16
-            w.add(f"u{i:04d}", u, np.ones(n), n / 25, "test")
-    return out
+    return ramp_units(tmp_path_factory.mktemp("units") / "ds")
 
 
 def tiny(units, out, *extra):
     """A 2-layer Qwen2 of ~25k parameters, context 32, 4 sequences per step."""
-    return load("tiny-cpu", [
-        f"data.train=[{{path: {units}}}]", f"out={out}", "data.context=32", "data.val_fraction=0.1",
-        "model.config.hidden_size=32", "model.config.intermediate_size=64", "batch.size=4", "batch.micro=2",
-        "budget.time=null", "budget.steps=6", "schedule.warmup_min_steps=2", "log_every=1",
-        "eval.every_steps=3", "eval.batches=2", "checkpoint.every_steps=2", "checkpoint.every_minutes=0",
-        *extra])
+    return load("tiny-cpu", train_overrides(units, out, *extra))
 
 
 def losses(run: Path, name: str = "loss") -> dict[int, float]:
