@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from slam.errors import SlamError
+from slam.utils import atomic_write_text
 
 PAD_ID = 0
 BOS_ID = 1
@@ -88,8 +89,6 @@ class SlamInfo:
 
     # --- slam.json -----------------------------------------------------------------------------------
     def save(self, folder: str | Path) -> None:
-        from slam.utils import atomic_write_text
-
         atomic_write_text(Path(folder) / SLAM_JSON, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
     @classmethod

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from slam import __version__
 from slam.errors import SlamError
 
 
@@ -121,8 +122,6 @@ def provenance() -> dict[str, Any]:
     import numpy
     import torch
     import transformers
-
-    from slam import __version__
 
     dev = "cpu"
     if torch.cuda.is_available():
