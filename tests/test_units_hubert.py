@@ -169,3 +169,28 @@ def test_batches_sorted_and_capped_by_padded_seconds():
     ws = [synth_speechlike(n / 16000, seed=i) for i, n in enumerate(lengths)]
     for a, b in zip(enc(ws, batch_size=3), [enc([w])[0] for w in ws]):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+def test_published_mhubert_framing_must_be_slamkits_40_samples(tmp_path):
+    """For the published mHuBERT-25Hz (recognised by name) the derived padding must be slamkit's 40 samples:
+    the 25 Hz stack (kernels 10,3,3,3,3,2,2,2, strides 5,2,...) has receptive field 720, stride 640 ->
+    (720 - 640) / 2 = 40. A config with a kernel-4 last layer (3 x 320 instead of 1 x 320 more samples) gives receptive field
+    1360 -> 360: refused."""
+    ok = tmp_path / "mhubert-base-25hz"
+    tiny_hubert().save_pretrained(ok)
+    assert HubertFeatures(str(ok), layer=1).pad == 40
+    cfg = tiny_hubert().config
+    cfg.conv_kernel = [10, 3, 3, 3, 3, 2, 2, 4]
+    bad = tmp_path / "other" / "mhubert-base-25hz"
+    HubertModel(cfg).save_pretrained(bad)
+    with pytest.raises(SlamError, match=r"padding 360 samples.*published mHuBERT-25Hz.*40 samples"):
+        HubertFeatures(str(bad), layer=1)
+    # the same config under another name is the user's own model: framed by its own receptive field
+    own = tmp_path / "my-hubert"
+    HubertModel(cfg).save_pretrained(own)
+    assert HubertFeatures(str(own), layer=1).pad == 360
+    # an in-memory model is recognised by the name it was loaded under
+    m = HubertModel(cfg)
+    m.config._name_or_path = "slprl/mhubert-base-25hz"
+    with pytest.raises(SlamError, match="padding 360"):
+        HubertFeatures(m, layer=1)

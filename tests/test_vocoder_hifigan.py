@@ -117,8 +117,39 @@ def test_published_files_are_pinned(tmp_path, monkeypatch):
     with pytest.raises(SlamError, match="hifigan_lj_mhubert_base_25hz.pt.*offline"):
         load_hifigan(tmp_path)
     (tmp_path / "hifigan_lj_mhubert_base_25hz.pt").write_bytes(b"not the published file")
-    with pytest.raises(SlamError, match="does not match the pinned d88224e9"):
+    with pytest.raises(SlamError, match=r"sha256 [0-9a-f]{64} is not the published hifigan_lj_mhubert_base_25hz.pt "
+                                        r"\(sha256 d88224e9.*dl.fbaipublicfiles.com/textless_nlp/twist/"):
         load_hifigan(tmp_path)
+    # offline with nothing cached: the message names the URL to fetch by hand and where to put it
+    monkeypatch.setenv("SLAM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SlamError, match=r"fetch https://dl.fbaipublicfiles.com/textless_nlp/twist/speech_tokenizer/"
+                                        r"hifigan_lj_mhubert_base_25hz.pt by hand into .*cache/published/"):
+        load_hifigan(None)
+
+
+def test_duration_predictor_built_from_dur_predictor_params(tmp_path):
+    """textlesslib/slamkit build the predictor on `dur_predictor_params`, not on `dur_prediction_weight`: a
+    config without the weight must still load the 10 `dur_predictor.*` tensors (and use them)."""
+    cfg = {k: v for k, v in TINY_JSON.items() if k != "dur_prediction_weight"}
+    cfg["dur_predictor_params"] = {**cfg["dur_predictor_params"], "var_pred_hidden_dim": 24}
+    torch.manual_seed(3)
+    source = CodeHiFiGAN(HifiGanConfig.from_published(cfg)).eval()
+    state = published_style_state(source)
+    assert sum(k.startswith("dur_predictor.") for k in state) == 10
+    assert tuple(state["dur_predictor.conv1.0.weight"].shape) == (24, 16, 3)  # hidden from the params
+    torch.save({"generator": state}, tmp_path / "voc.pt")
+    (tmp_path / "voc_config.json").write_text(json.dumps(cfg))
+    loaded = load_hifigan(tmp_path / "voc.pt")
+    units = np.array([4, 8, 15, 16])
+    assert loaded.dur_predictor is not None and not loaded.published
+    np.testing.assert_array_equal(loaded.predict_durations(torch.tensor(units)),
+                                  source.predict_durations(torch.tensor(units)))
+    # without the params there is no predictor, whatever the loss weight says
+    assert CodeHiFiGAN(HifiGanConfig.from_published(
+        {k: v for k, v in TINY_JSON.items() if k != "dur_predictor_params"})).dur_predictor is None
+    bad = {**TINY_JSON, "dur_predictor_params": {**TINY_JSON["dur_predictor_params"], "encoder_embed_dim": 32}}
+    with pytest.raises(SlamError, match="encoder_embed_dim 32 != embedding_dim 16"):
+        HifiGanConfig.from_published(bad)
 
 
 def test_unsupported_variants_are_refused():

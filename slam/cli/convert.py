@@ -6,7 +6,9 @@ model folder (plain HF Qwen2 folder + slam.json) that `AutoModelForCausalLM.from
 
 slam also reads slamkit folders directly (`slam eval slprl-slam/ ...` works on units); converting drops the
 `lm.` prefix and the nested config once and, with --tokenizer, embeds the speech tokenizer (k-means as .npz,
-its hash in slam.json) so that the folder turns audio into units on its own.
+its hash in slam.json) so that the folder turns audio into units on its own. A tokenizer over the published
+mHuBERT-25Hz must use the published km500 (file sha256 or centroid hash, slam.units.published) unless
+--own-kmeans says the model was trained on another.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import torch
 
 from slam.errors import SlamError
 from slam.model import _resolve_folder, convert_slamkit, count_parameters, load_model
+from slam.units.hubert import is_published_mhubert
+from slam.units.published import require_published_kmeans
 from slam.units.tokenizer import load_tokenizer
 
 DTYPES = ("keep", "float32", "bfloat16", "float16")
@@ -35,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and embedded")
     parser.add_argument("--no-dedup", action="store_true",
                         help="the model was trained on frame units without dedup (published Slam models: dedup)")
+    parser.add_argument("--own-kmeans", action="store_true",
+                        help="the model was trained on your own k-means over the published mHuBERT-25Hz (skip the "
+                             "check that it is the published km500)")
     parser.add_argument("--dtype", choices=DTYPES, default="keep", help="weight dtype to store (default: as is)")
 
 
@@ -57,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
             n_model = int(cfg.get("vocab_size") or 0) - 2
             if tok.n_units != n_model:
                 raise SlamError(f"--tokenizer has {tok.n_units} units, the model {n_model}: not its tokenizer")
+            if tok.kind == "hubert" and is_published_mhubert(tok.model_ref) and not args.own_kmeans:
+                # the published tokenizer is claimed: any other 500-unit k-means would pass the unit count
+                # and give near-chance scores without a word
+                require_published_kmeans(tok.kmeans, what="the published tokenizer (mHuBERT-25Hz + km500)")
             spec = tok.save_to(td)  # k-means as .npz (never a pickle), paths relative to td
             spec_hash = str(spec.pop("hash"))
             spec["dedup"] = not args.no_dedup

@@ -24,7 +24,8 @@ operations are per-frame or causal-free convs whose valid outputs read only vali
 alone == in a padded batch, and alone == HF's own forward (parity, every layer).
 
 Framing: each file is zero-padded by (receptive field - stride) / 2 samples on both sides, 40 for the 25 Hz
-stack (receptive field 720, stride 640), as slamkit does; then T = len(wav) // 640, frame t centred on
+stack (receptive field 720, stride 640), as slamkit does (slamkit hard-codes 40: for the published
+mHuBERT-25Hz, named by hub id, folder or `_name_or_path`, a config implying another padding is refused); then T = len(wav) // 640, frame t centred on
 sample t * 640 + 320, exactly like the mel tokenizer.
 
 Memory: the first conv layer's output ([512, n/5] floats, ~6.6 MB per second of audio) dominates; batches
@@ -42,6 +43,7 @@ import numpy as np
 import torch
 
 from slam.errors import SlamError
+from slam.units.published import MHUBERT_HUB_ID, SLAMKIT_PAD
 from slam.utils import length_batches
 
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "conv_dim",
@@ -63,6 +65,13 @@ def load_hubert(model: str | Path, device: str | torch.device | None = None) -> 
     return m.eval().to(device or default_device())
 
 
+def is_published_mhubert(name: str) -> bool:
+    """The published mHuBERT-25Hz by hub id, a folder named after it, or its HF cache snapshot."""
+    name = str(name).replace("\\", "/").rstrip("/")
+    return (name == MHUBERT_HUB_ID or name.endswith("/mhubert-base-25hz")
+            or "models--slprl--mhubert-base-25hz" in name)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -72,7 +81,9 @@ class HubertFeatures:
 
     def __init__(self, model: Any, layer: int = 11, device: str | torch.device | None = None,
                  compile: bool = False, max_batch_seconds: float | None = None) -> None:
+        model_name = None
         if isinstance(model, (str, Path)):
+            model_name = str(model)
             model = load_hubert(model, device)
         elif device is not None:
             model = model.to(device)
@@ -91,6 +102,14 @@ class HubertFeatures:
             jump *= s
         self.receptive_field = rf
         self.pad = max(0, (rf - self.stride) // 2)
+        name = str(model_name) if model_name is not None else str(getattr(cfg, "_name_or_path", ""))
+        if is_published_mhubert(name) and (self.pad != SLAMKIT_PAD or self.stride != 640):
+            # slamkit pads 40 samples each side for this model; units of another framing are shifted by
+            # (pad - 40) samples and do not match the published model's units
+            raise SlamError(f"{name}: the config's conv stack (kernels {self.kernels}, strides {self.strides}) "
+                            f"gives receptive field {rf}, stride {self.stride} and padding {self.pad} samples, "
+                            f"but the published mHuBERT-25Hz is framed with stride 640 and {SLAMKIT_PAD} samples "
+                            f"of padding (as slamkit pads): not the published model's config")
         self.sample_rate = 16000
         self.frame_rate = self.sample_rate / self.stride
         # padded audio per forward: 320 s on a GPU (~2.1 GB for the first conv layer's output), 80 s on a CPU

@@ -17,6 +17,9 @@ here the convs are plain and the loader folds `w = g * v / |v|` (norm over all d
 `torch.nn.utils.weight_norm(dim=0)` does) while converting. Inference only: dropout in the duration predictor
 is never applied.
 
+The duration predictor is built whenever the config has `dur_predictor_params` (as textlesslib and slamkit
+do; `dur_prediction_weight` is only a training loss weight), its input size from `encoder_embed_dim`.
+
 The checkpoint is a pickle: it is read with `torch.load(weights_only=True)` after its sha256 matches the pin,
 and converted once to safetensors next to it, which later loads read instead.
 """
@@ -25,8 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from slam.errors import SlamError
-from slam.utils import sha256_file, verify_sha256
+from slam.units import published
+from slam.utils import sha256_file
 
-# The TWIST release: the checkpoint and config published beside the mHuBERT-25Hz tokenizer.
-PUBLISHED_BASE_URL = "https://dl.fbaipublicfiles.com/textless_nlp/twist/speech_tokenizer/"
-PUBLISHED_CHECKPOINT = "hifigan_lj_mhubert_base_25hz.pt"
-PUBLISHED_CONFIG = "hifigan_lj_mhubert_base_25hz_config.json"
-PUBLISHED_SHA256 = {
-    PUBLISHED_CHECKPOINT: "d88224e95c501e2cd59a6e4014753169cfe060fb7ade3cc0da03c809fef73b79",
-    PUBLISHED_CONFIG: "116dc39be4970cd393e562acd0a0ec70a86aaba7e9ca469b8b836cb3fe46afc7",
-}
+# The TWIST release: the checkpoint and config published beside the mHuBERT-25Hz tokenizer (pins and URLs
+# live in slam.units.published, with the k-means they belong to).
+PUBLISHED_BASE_URL = published.BASE_URL
+PUBLISHED_CHECKPOINT = published.VOCODER
+PUBLISHED_CONFIG = published.VOCODER_CONFIG
+PUBLISHED_SHA256 = {k: published.SHA256[k] for k in (PUBLISHED_CHECKPOINT, PUBLISHED_CONFIG)}
 LRELU_SLOPE = 0.1
 
 
@@ -63,6 +63,7 @@ class HifiGanConfig:
     resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
     resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
     duration_predictor: bool = True
+    dur_in: int = 128
     dur_hidden: int = 128
     dur_kernel: int = 3
     sampling_rate: int = 16000
@@ -85,6 +86,12 @@ class HifiGanConfig:
             if in_dim != cfg["embedding_dim"]:
                 raise SlamError(f"model_in_dim {in_dim} != embedding_dim {cfg['embedding_dim']}: not a unit-only "
                                 "generator")
+            # textlesslib and slamkit build the predictor whenever `dur_predictor_params` is present (not on
+            # `dur_prediction_weight`, a training loss weight), sized by its own fields
+            dur_in = int(dp["encoder_embed_dim"]) if dp else int(cfg["embedding_dim"])
+            if dp and dur_in != int(cfg["embedding_dim"]):
+                raise SlamError(f"dur_predictor_params.encoder_embed_dim {dur_in} != embedding_dim "
+                                f"{cfg['embedding_dim']}: the duration predictor reads the unit embeddings")
             return cls(
                 num_embeddings=int(cfg["num_embeddings"]),
                 embedding_dim=int(cfg["embedding_dim"]),
@@ -93,9 +100,10 @@ class HifiGanConfig:
                 upsample_initial_channel=int(cfg["upsample_initial_channel"]),
                 resblock_kernel_sizes=[int(x) for x in cfg["resblock_kernel_sizes"]],
                 resblock_dilation_sizes=[[int(d) for d in ds] for ds in cfg["resblock_dilation_sizes"]],
-                duration_predictor=bool(cfg.get("dur_prediction_weight")),
-                dur_hidden=int(dp.get("var_pred_hidden_dim", 128)),
-                dur_kernel=int(dp.get("var_pred_kernel_size", 3)),
+                duration_predictor=bool(dp),
+                dur_in=dur_in,
+                dur_hidden=int(dp["var_pred_hidden_dim"]) if dp else 128,
+                dur_kernel=int(dp["var_pred_kernel_size"]) if dp else 3,
                 sampling_rate=int(cfg.get("sampling_rate", 16000)),
             )
         except KeyError as e:
@@ -146,8 +154,9 @@ class CodeHiFiGAN(nn.Module):
     def __init__(self, cfg: HifiGanConfig):
         super().__init__()
         self.cfg = cfg
+        self.published = False  # True when loaded from the pinned published files
         self.dict = nn.Embedding(cfg.num_embeddings, cfg.embedding_dim)
-        self.dur_predictor = (DurationPredictor(cfg.embedding_dim, cfg.dur_hidden, cfg.dur_kernel)
+        self.dur_predictor = (DurationPredictor(cfg.dur_in, cfg.dur_hidden, cfg.dur_kernel)
                               if cfg.duration_predictor else None)
         ch = cfg.upsample_initial_channel
         self.conv_pre = nn.Conv1d(cfg.embedding_dim, ch, 7, padding=3)
@@ -257,26 +266,8 @@ def load_state(model: CodeHiFiGAN, state: dict[str, torch.Tensor], source: str =
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SLAM_CACHE", Path.home() / ".cache" / "slam")) / "vocoders"
-
-
-def _fetch(name: str, folder: Path) -> Path:
-    """The pinned published file: from `folder` if there (and its sha256 matches), else downloaded into it."""
-    path = folder / name
-    if not path.exists():
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("SLAM_OFFLINE") == "1":
-            raise SlamError(f"the published HiFi-GAN file {name} is not in {folder} and downloads are off "
-                            f"(offline); fetch {PUBLISHED_BASE_URL}{name} into that folder, or pass its folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".part")
-        try:
-            urllib.request.urlretrieve(PUBLISHED_BASE_URL + name, tmp)
-        except OSError as e:
-            raise SlamError(f"cannot download {PUBLISHED_BASE_URL}{name}: {e}") from None
-        verify_sha256(tmp, PUBLISHED_SHA256[name])
-        os.replace(tmp, path)
-    verify_sha256(path, PUBLISHED_SHA256[name])
-    return path
+    """Where the published vocoder files are cached (shared with the published k-means)."""
+    return published.cache_dir()
 
 
 def load_hifigan(source: str | Path | None = None, device: str | torch.device = "cpu") -> CodeHiFiGAN:
@@ -288,9 +279,10 @@ def load_hifigan(source: str | Path | None = None, device: str | torch.device = 
     """
     if source is None or Path(source).is_dir():
         folder = cache_dir() if source is None else Path(source)
-        ckpt, cfg_path = _fetch(PUBLISHED_CHECKPOINT, folder), _fetch(PUBLISHED_CONFIG, folder)
+        ckpt, cfg_path = published.fetch(PUBLISHED_CHECKPOINT, folder), published.fetch(PUBLISHED_CONFIG, folder)
+        is_published = True
     else:
-        ckpt = Path(source)
+        ckpt, is_published = Path(source), False
         if not ckpt.exists():
             raise SlamError(f"vocoder checkpoint {str(ckpt)!r} does not exist")
         candidates = [ckpt.with_name(ckpt.stem + "_config.json"), ckpt.with_name("config.json")]
@@ -320,4 +312,14 @@ def load_hifigan(source: str | Path | None = None, device: str | torch.device = 
                       metadata={"source": ckpt.name, "source_sha256": sha256_file(ckpt)})
         except OSError:
             pass
+    # the published files speak the published km500 units only (checked against the model's k-means by
+    # require_published_units before vocoding)
+    model.published = is_published
     return model.eval().to(device)
+
+
+def require_published_units(vocoder: Any, tokenizer: Any) -> None:
+    """The published LJ vocoder was trained on the published km500 units: refuse another k-means (its
+    500 units would be spoken as the wrong sounds), naming both hashes. Own vocoders are not checked."""
+    if getattr(vocoder, "published", False) and getattr(tokenizer, "kmeans", None) is not None:
+        published.require_published_kmeans(tokenizer.kmeans, what="the published LJ HiFi-GAN")
