@@ -17,8 +17,11 @@ across runs and machines, which is what resume and `--shard i/n` rely on. A mani
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -58,26 +61,55 @@ def _check_wav_truncation(path: Path, size: int) -> None:
             pos += 8 + length + (length & 1)
 
 
+def _unusable(path: Path) -> str | None:
+    """Why `path` cannot be an audio file (never opening it: a FIFO would block), or None when it is a
+    regular file (or a symlink to one)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"dangling symlink (points to {os.readlink(path)!r}, which does not exist)"
+        return "file not found"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself through other links)"
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder, not an audio file"
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special")
+        return f"not a regular file ({kind})"
+    if st.st_size == 0:
+        return "empty file (0 bytes)"
+    return None
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode `path` to mono float32 at `sample_rate` (channels averaged, soxr HQ resampling)."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise AudioError(f"{path}: file not found") from None
-    except OSError as e:
-        raise AudioError(f"{path}: unreadable ({e.strerror or e})") from None
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
-    if size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+    why = _unusable(path)
+    if why is not None:
+        raise AudioError(f"{path}: {why}")
     if path.suffix.lower() == ".wav":
         try:
-            _check_wav_truncation(path, size)
+            _check_wav_truncation(path, path.stat().st_size)
         except (OSError, struct.error) as e:
             raise AudioError(f"{path}: unreadable ({e})") from None
+    return _decode(path, str(path), sample_rate)
+
+
+def load_audio_bytes(data: bytes, label: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode an encoded audio file held in memory (a Hugging Face `Audio` cell's bytes: wav, flac, ogg,
+    mp3 at any rate); `label` names it in errors."""
+    if not data:
+        raise AudioError(f"{label}: empty audio bytes")
+    return _decode(io.BytesIO(data), label, sample_rate)
+
+
+def _decode(src: Any, label: str, sample_rate: int) -> np.ndarray:
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        data, sr = sf.read(src, dtype="float32", always_2d=True)
     except sf.LibsndfileError as e:
         # libsndfile's messages are precise ("Format not recognised.", "flac decoder lost sync."); keep them.
         reason = str(e.error_string if hasattr(e, "error_string") else e).strip().rstrip(".")
@@ -85,21 +117,21 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         # its mp3 probe says about bytes it cannot parse)
         unknown = "ecognised" in reason or "not a regular file" in reason
         kind = "not a recognised audio file" if unknown else "corrupt or unsupported audio"
-        raise AudioError(f"{path}: {kind} ({reason})") from None
-    except (OSError, RuntimeError, ValueError) as e:
-        raise AudioError(f"{path}: unreadable ({e})") from None
+        raise AudioError(f"{label}: {kind} ({reason})") from None
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
+        raise AudioError(f"{label}: unreadable ({e})") from None
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: no samples (zero-length audio)")
+        raise AudioError(f"{label}: no samples (zero-length audio)")
     wav = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wav).all():
-        raise AudioError(f"{path}: contains NaN or infinite samples")
+        raise AudioError(f"{label}: contains NaN or infinite samples")
     if sr != sample_rate:
         try:
             wav = soxr.resample(wav, sr, sample_rate, quality="HQ")
         except (ValueError, RuntimeError) as e:
-            raise AudioError(f"{path}: cannot resample from {sr} Hz ({e})") from None
+            raise AudioError(f"{label}: cannot resample from {sr} Hz ({e})") from None
         if wav.shape[0] == 0:
-            raise AudioError(f"{path}: too short to resample ({data.shape[0]} samples at {sr} Hz)")
+            raise AudioError(f"{label}: too short to resample ({data.shape[0]} samples at {sr} Hz)")
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
@@ -120,15 +152,59 @@ def _strip_ext(rel: str) -> str:
     return base if ext.lower() in EXTENSIONS else rel
 
 
-def _folder_items(folder: Path) -> list[tuple[str, Path, dict]]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+REJECT = "reject"
+"""An item's `extra` key holding why it was refused while listing (a folder that links back to an ancestor):
+tokenize records it as a reject without decoding."""
+
+
+def _walk(folder: Path) -> list[tuple[Path, str | None]]:
+    """Every entry with an audio extension under `folder` (regular or not: a FIFO, a dangling symlink, a link
+    loop or a folder named *.wav become rejects with a reason instead of vanishing), following symlinked
+    folders; a symlinked folder that leads back to one of its ancestors is listed with the reason."""
+    out: list[tuple[Path, str | None]] = []
+
+    def visit(d: Path, ancestors: frozenset) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError as e:
+            out.append((d, f"folder unreadable ({e.strerror or e})"))
+            return
+        for e in entries:
+            p = Path(e.path)
+            audio_name = p.suffix.lower() in EXTENSIONS
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if is_dir:
+                real = os.path.realpath(p)
+                if real in ancestors:
+                    out.append((p, f"symlink loop (links back to its ancestor folder {real})"))
+                    continue
+                if audio_name:
+                    out.append((p, None))  # load_audio says "is a folder"; what it holds is still listed
+                visit(p, ancestors | {real})
+            elif audio_name:
+                out.append((p, None))
+
+    visit(folder, frozenset({os.path.realpath(folder)}))
+    return out
+
+
+def _folder_items(folder: Path, include_unusable: bool = False) -> list[tuple[str, Path, dict]]:
+    found = _walk(folder)
+    if not include_unusable:
+        found = [(p, r) for p, r in found if r is None and p.is_file()]  # (as before: not FIFOs, links to nothing)
+    paths = [p for p, _ in found]
+    reasons = [r for _, r in found]
     rels = [p.relative_to(folder).as_posix() for p in paths]
     stems = [_strip_ext(r) for r in rels]
     # `a.wav` and `a.flac` side by side would share the id `a`: keep the extension for those (still stable).
     counts: dict[str, int] = {}
     for s in stems:
         counts[s] = counts.get(s, 0) + 1
-    return [(s if counts[s] == 1 else r, p, {}) for s, r, p in zip(stems, rels, paths)]
+    return [(s if counts[s] == 1 else r, p, {REJECT: f"{p}: {why}"} if why else {})
+            for s, r, p, why in zip(stems, rels, paths, reasons)]
 
 
 def _check_words(words: Any, where: str) -> list[dict]:
@@ -176,14 +252,21 @@ def _manifest_items(manifest: Path) -> list[tuple[str, Path, dict]]:
     return items
 
 
-def find_audio(source: str | os.PathLike) -> list[tuple[str, Path, dict]]:
-    """(id, path, extra) for every audio file under a folder (recursive) or listed in a manifest.jsonl,
-    sorted by id. Missing files listed in a manifest are kept (they become rejects with a reason)."""
+def find_audio(source: str | os.PathLike, include_unusable: bool = False) -> list[tuple[str, Path, dict]]:
+    """(id, path, extra) for every audio file under a folder (recursive, symlinked folders followed) or listed
+    in a manifest.jsonl, sorted by id. Missing files listed in a manifest are kept (they become rejects with a
+    reason); in a folder, entries named like audio that are not readable files (FIFOs, dangling links, link
+    loops, folders named *.wav) are kept only with `include_unusable` (tokenize lists them as rejects). A
+    folder holding a manifest.jsonl (what `slam synth` writes) is read through that manifest."""
     source = Path(source)
     if not source.exists():
         raise SlamError(f"audio source {str(source)!r} does not exist")
-    if source.is_dir():
-        items = _folder_items(source)
+    if source.is_dir() and (source / "manifest.jsonl").is_file():
+        # a `slam synth` folder (or any folder with a manifest): its manifest carries the text, speaker and word
+        # times that interleaving needs, and lists only finished utterances
+        items = _manifest_items(source / "manifest.jsonl")
+    elif source.is_dir():
+        items = _folder_items(source, include_unusable)
     elif source.suffix.lower() in (".jsonl", ".json"):
         items = _manifest_items(source)
     elif source.suffix.lower() in EXTENSIONS:

@@ -177,3 +177,67 @@ def test_fit_kmeans_is_deterministic_and_a_complete_spec(corpus, tmp_path):
     assert a.hash == load_tokenizer(str(tmp_path / "b.npz")).hash == load_tokenizer(f"mel:{corpus / 'km.npz'}").hash
     assert main(["fit-kmeans", str(corpus / "audio"), "--tokenizer", "mel", "--units", "5000",
                  "--out", str(tmp_path / "c.npz"), "--max-frames", "3000"]) == 2
+
+
+def test_no_audio_is_an_error_of_one_line(tmp_path, capsys):
+    """An input with nothing to tokenize exits 2 (it used to exit 0 having done nothing)."""
+    import pyarrow as pa
+
+    km = tmp_path / "km.npz"
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "notes.txt").write_text("no audio here")
+    (tmp_path / "tables").mkdir()  # a folder of parquet files without an audio column
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "tables" / "t.parquet")
+    (tmp_path / "empty").mkdir()
+    for folder, said in (("texts", "holds no audio files"), ("tables", "no audio column"),
+                         ("empty", "holds no audio files")):
+        code = main(["tokenize", str(tmp_path / folder), "--tokenizer", f"mel:{km}", "--out", str(tmp_path / "u")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and said in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "u").exists()
+
+
+def test_unreadable_entries_are_listed_as_rejects(corpus, tmp_path):
+    """Symlink loops, dangling symlinks, FIFOs and folders named *.wav become rejects with their reason."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    good = sorted((corpus / "audio" / "spk0").glob("*.wav"))[:2]
+    for p in good:
+        (audio / p.name).write_bytes(p.read_bytes())
+    (audio / "loop1.wav").symlink_to("loop2.wav")
+    (audio / "loop2.wav").symlink_to("loop1.wav")
+    (audio / "dangling.wav").symlink_to("nowhere.wav")
+    os.mkfifo(audio / "fifo.wav")  # opening it would block for ever: never opened
+    (audio / "folder.wav").mkdir()
+    (audio / "sub").mkdir()
+    (audio / "sub" / "back").symlink_to("..")  # a folder loop
+    out = tmp_path / "units"
+    assert main(["tokenize", str(audio), "--tokenizer", f"mel:{corpus / 'km.npz'}", "--out", str(out),
+                 "--workers", "1"]) == 0
+    assert sorted(r["id"] for r in as_rows(out)) == sorted(p.stem for p in good)
+    reasons = {r["id"]: r["reason"] for r in read_rejects(out)}
+    assert set(reasons) == {"loop1", "loop2", "dangling", "fifo", "folder", "sub/back"}, reasons
+    assert "symlink loop" in reasons["loop1"] and "dangling symlink" in reasons["dangling"]
+    assert "FIFO" in reasons["fifo"] and "is a folder" in reasons["folder"] and "symlink loop" in reasons["sub/back"]
+    assert read_meta(out)["n_rejected"] == 6
+
+
+def test_rows_are_flushed_by_time_as_well(corpus, reference, tmp_path):
+    """With shards far larger than the run (--shard-rows 10000), rows still reach disk every --flush-seconds,
+    so a kill -9 loses at most that much work; the rerun completes the dataset exactly."""
+    out = tmp_path / "timed"
+    args = tok_args(corpus, out, "--shard-rows", "10000", "--flush-seconds", "0.3")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, *args], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not list(out.glob("part-*.parquet")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before the kill: the test would prove nothing"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = load_table(out).num_rows
+    # 33 files at 0.1 s each is > 3 s of work; a flush every 0.3 s leaves at most ~3 files + one chunk unsaved
+    assert 0 < partial < N_GOOD
+    assert main(tok_args(corpus, out, "--shard-rows", "10000")) == 0
+    assert as_rows(out) == as_rows(reference)

@@ -3,6 +3,8 @@
     slam tokenize corpus/ --tokenizer mel:km.npz --out units/
     slam tokenize corpus/manifest.jsonl --tokenizer hubert:slprl/mhubert-base-25hz@11:km500.bin --out units/
     slam tokenize corpus/ --tokenizer km.npz --out units/ --shard 3/8      # machine 3 of 8, same folder
+    slam tokenize saved_ds/ --split train --tokenizer mel:km.npz --out units/   # HF datasets folder
+    slam tokenize hf:ORG/NAME --split train --tokenizer mel:km.npz --out units/ # streamed (slam[datasets])
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from slam.units.tokenize import tokenize_audio
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("audio", help="folder (searched recursively for wav/flac/ogg/mp3) or manifest.jsonl")
+    p.add_argument("audio", help="a folder (searched recursively for wav/flac/ogg/mp3; a folder with a "
+                                 "manifest.jsonl is read through it), a manifest.jsonl, a Hugging Face datasets "
+                                 "folder (save_to_disk or parquet shards) or hf:ORG/NAME[:CONFIG] (streamed)")
     p.add_argument("--tokenizer", required=True,
                    help="mel:KMEANS.npz | hubert:MODEL@LAYER:KMEANS | KMEANS.npz (see slam.units.tokenizer)")
     p.add_argument("--out", required=True, help="units dataset folder (created, or resumed)")
@@ -28,11 +32,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="HuBERT device (default: cuda when present, else cpu)")
     p.add_argument("--compile", action="store_true", help="HuBERT: torch.compile the forward pass")
     p.add_argument("--shard-rows", type=int, default=2048, help="rows per parquet shard")
-
+    p.add_argument("--flush-seconds", type=float, default=30.0,
+                   help="also write finished rows after this many seconds of work, so a kill loses at most that")
+    p.add_argument("--split", default=None, help="Hugging Face dataset: the split (default: the only one; "
+                                                 "train for the hub)")
+    p.add_argument("--audio-column", default=None, help="Hugging Face dataset: the audio column (default: the "
+                                                        "one of type Audio, else `audio`)")
+    p.add_argument("--text-column", default=None, help="Hugging Face dataset: the transcript column (default: "
+                                                       "text, transcription, sentence or normalized_text)")
+    p.add_argument("--speaker-column", default=None, help="Hugging Face dataset: the speaker column (default: "
+                                                          "speaker, speaker_id or client_id)")
 
 
 def run(args: argparse.Namespace) -> int:
     tokenize_audio(args.audio, args.tokenizer, args.out, dedup_units=not args.no_dedup, shard=args.shard,
                    workers=args.workers, batch_size=args.batch_size, device=args.device, compile=args.compile,
-                   shard_rows=args.shard_rows)
+                   shard_rows=args.shard_rows, flush_seconds=args.flush_seconds, split=args.split,
+                   audio_column=args.audio_column, text_column=args.text_column,
+                   speaker_column=args.speaker_column)
     return 0

@@ -29,9 +29,10 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from slam.audio import find_audio, load_audio
+from slam.audio import EXTENSIONS, REJECT, find_audio, load_audio, load_audio_bytes
 from slam.errors import AudioError, SlamError
 from slam.units.dataset import META, REJECTS, UnitsWriter, check_compatible, dedup, read_meta
+from slam.units.hf import Entry, LocalHF, is_hf_source, open_hf
 from slam.units.kmeans import free_cores
 from slam.units.tokenizer import load_tokenizer
 from slam.utils import format_duration
@@ -78,18 +79,26 @@ def _reject_short(n: int, min_frames_samples: int) -> str:
     return f"too short: {n} samples at 16 kHz, one frame needs {min_frames_samples}"
 
 
-def _mel_chunk(items: list[tuple[str, str]]) -> list[tuple]:
+def _decode(payload: str | bytes, label: str) -> np.ndarray:
+    """A path (decoded through `load_audio`, which tests replace to slow a run down) or encoded bytes (a
+    Hugging Face `Audio` cell)."""
+    if isinstance(payload, bytes):
+        return load_audio_bytes(payload, label)
+    return load_audio(payload)
+
+
+def _mel_chunk(items: list[tuple[str, str | bytes, str]]) -> list[tuple]:
     """Whole files -> ("ok", id, units, durations, seconds) or ("err", id, reason)."""
     out: list[tuple] = []
     hop = _TOK.mel.params.hop_length
-    for id_, path in items:
+    for id_, payload, label in items:
         try:
-            wav = load_audio(path)
+            wav = _decode(payload, label)
         except AudioError as e:
             out.append(("err", id_, str(e)))
             continue
         if len(wav) < hop:
-            out.append(("err", id_, f"{path}: {_reject_short(len(wav), hop)}"))
+            out.append(("err", id_, f"{label}: {_reject_short(len(wav), hop)}"))
             continue
         frames = _TOK.kmeans.predict(_TOK.mel(wav))
         units, durs = dedup(frames) if _DEDUP else (frames, np.ones_like(frames))
@@ -97,11 +106,11 @@ def _mel_chunk(items: list[tuple[str, str]]) -> list[tuple]:
     return out
 
 
-def _decode_chunk(items: list[tuple[str, str]]) -> list[tuple]:
+def _decode_chunk(items: list[tuple[str, str | bytes, str]]) -> list[tuple]:
     out: list[tuple] = []
-    for id_, path in items:
+    for id_, payload, label in items:
         try:
-            out.append(("ok", id_, load_audio(path)))
+            out.append(("ok", id_, _decode(payload, label)))
         except AudioError as e:
             out.append(("err", id_, str(e)))
     return out
@@ -163,15 +172,64 @@ def _emit(writer: UnitsWriter, prog: _Progress, res: tuple, extra: dict, source:
     prog.frames += int(np.sum(durs, dtype=np.int64))
 
 
+class _Files:
+    """Audio files of a folder, manifest or single file (slam.audio.find_audio) as Entries."""
+
+    def __init__(self, audio: str | Path) -> None:
+        self.label = str(audio)
+        self.items = find_audio(audio, include_unusable=True)
+        if not self.items:
+            raise SlamError(f"{audio}: holds no audio files ({', '.join(e[1:] for e in EXTENSIONS)}, searched "
+                            f"recursively) and no manifest.jsonl; nothing to tokenize")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def ids(self, shard: tuple[int, int]) -> list[str]:
+        return [i for i, _, _ in self.items[shard[0]::shard[1]]]
+
+    def entries(self, shard: tuple[int, int], skip: Any) -> Iterator[Entry]:
+        for id_, path, extra in self.items[shard[0]::shard[1]]:
+            if skip(id_):
+                continue
+            extra = dict(extra)
+            error = extra.pop(REJECT, None)
+            yield Entry(id_, str(path), path, extra, error)
+
+
+def open_audio_source(audio: str | Path, split: str | None = None, audio_column: str | None = None,
+                      text_column: str | None = None, speaker_column: str | None = None) -> Any:
+    """What `slam tokenize AUDIO` reads: a Hugging Face dataset (slam.units.hf: a save_to_disk or parquet
+    folder, or `hf:ORG/NAME`) or audio files (a folder, a manifest.jsonl, one file). Refuses an input with
+    nothing to tokenize."""
+    if is_hf_source(audio):
+        src = open_hf(audio, split, audio_column, text_column, speaker_column)
+        if isinstance(src, LocalHF) and not len(src):
+            raise SlamError(f"{audio}: the dataset holds no rows; nothing to tokenize")
+        return src
+    if split is not None or audio_column is not None:
+        raise SlamError(f"--split / --audio-column: {audio} is not a Hugging Face dataset folder (no state.json, "
+                        f"dataset_dict.json, *.arrow or *.parquet) nor hf:ORG/NAME")
+    return _Files(audio)
+
+
 def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_units: bool = True,
                    shard: str = "0/1", workers: int | None = None, batch_size: int | None = None,
-                   device: str | None = None, compile: bool = False, shard_rows: int = 2048) -> dict[str, Any]:
-    """Tokenize every audio file of `audio` (a folder or manifest) into the units dataset `out` (resumable,
-    see the module docstring); prints a one-paragraph summary and returns the dataset's meta."""
+                   device: str | None = None, compile: bool = False, shard_rows: int = 2048,
+                   flush_seconds: float = 30.0, split: str | None = None, audio_column: str | None = None,
+                   text_column: str | None = None, speaker_column: str | None = None) -> dict[str, Any]:
+    """Tokenize every audio file of `audio` (a folder, manifest or Hugging Face dataset, see
+    `open_audio_source`) into the units dataset `out` (resumable, see the module docstring); prints a
+    one-paragraph summary and returns the dataset's meta. Finished rows reach disk every `shard_rows` files
+    or every `flush_seconds` of work, whichever comes first, so a kill loses at most that much."""
     shard_i, shard_n = parse_shard(shard)
+    if flush_seconds < 0:
+        raise SlamError(f"--flush-seconds {flush_seconds}: must be >= 0")
     out = Path(out)
     workers = workers if workers is not None else (os.cpu_count() or 1)
-    items = find_audio(audio)[shard_i::shard_n]
+    source = open_audio_source(audio, split, audio_column, text_column, speaker_column)
+    if isinstance(source, _Files) and (Path(audio) / "manifest.jsonl").is_file() and Path(audio).is_dir():
+        print(f"reading {Path(audio) / 'manifest.jsonl'} (text, speakers and word times of each utterance)")
     tok = load_tokenizer(tokenizer, device=device, compile=compile)
     do_dedup = dedup_units
     meta = {"tokenizer_hash": tok.hash, "n_units": tok.n_units, "frame_rate": tok.frame_rate,
@@ -185,13 +243,37 @@ def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_
     for stale in out.glob(f".part-{tag}-*.tmp"):  # a shard half-written when a previous run was killed
         stale.unlink(missing_ok=True)
     writer = UnitsWriter(out, meta, shard_tag=tag, rows_per_shard=max(1, shard_rows))
-    todo = [(i, str(p), extra) for i, p, extra in items if i not in writer.skip]
-    extras = {i: extra for i, _, extra in todo}
-    sources = {i: p for i, p, _ in todo}
-    skipped = len(items) - len(todo)
+    mine = source.ids((shard_i, shard_n))  # None: a streamed hub dataset, its length unknown
+    skipped = sum(1 for i in mine if i in writer.skip) if mine is not None else 0
+    extras: dict[str, dict] = {}
+    sources: dict[str, str] = {}
     workers = max(1, int(workers))
-    chunks = [[(i, p) for i, p, _ in todo[k:k + CHUNK_FILES]] for k in range(0, len(todo), CHUNK_FILES)]
-    prog = _Progress(len(todo), f"tokenize ({tok.kind})")
+    prog = _Progress(len(mine) - skipped if mine is not None else None, f"tokenize ({tok.kind})")
+    last_flush = [time.monotonic()]
+
+    def chunks() -> Iterator[list[tuple[str, str | bytes, str]]]:
+        """Chunks of CHUNK_FILES readable entries; ones known bad while listing become rejects here."""
+        chunk: list[tuple[str, str | bytes, str]] = []
+        for e in source.entries((shard_i, shard_n), lambda i: i in writer.skip):
+            if e.error is not None or e.payload is None:
+                writer.reject(e.id, e.source, e.error or f"{e.source}: no audio")
+                prog.rejects += 1
+                prog.update(1)
+                continue
+            extras[e.id], sources[e.id] = e.extra, e.source
+            chunk.append((e.id, e.payload if isinstance(e.payload, bytes) else str(e.payload), e.source))
+            if len(chunk) >= CHUNK_FILES:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def emit(res: tuple) -> None:
+        _emit(writer, prog, res, extras.pop(res[1], {}), sources.pop(res[1], res[1]))
+        if time.monotonic() - last_flush[0] >= flush_seconds:
+            writer.flush()  # rows reach disk by time too: a kill between two full shards loses <= flush_seconds
+            last_flush[0] = time.monotonic()
+
     # fork: a worker starts in milliseconds (spawn re-imports torch: 3-8 s per worker on a busy 2-core box,
     # longer than the whole run for an hour of audio). Safe as for DataLoader workers: the workers never
     # touch CUDA; mel workers run single-threaded torch CPU ops only, HuBERT decode workers no torch at all.
@@ -203,21 +285,21 @@ def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_
             # which cost 10x when the cores are shared with other processes.
             torch.set_num_threads(1)
             _set_tokenizer(tok, do_dedup)
-            if workers > 1 and len(chunks) > 1:
+            if workers > 1 and (mine is None or len(mine) - skipped > CHUNK_FILES):
                 if ctx.get_start_method() == "fork":
                     pool = ctx.Pool(workers, initializer=_init_worker)
                 else:
                     pool = ctx.Pool(workers, initializer=_load_worker, initargs=(tok.spec, do_dedup))
-            for results in _bounded_map(_mel_chunk, chunks, pool, 2 * workers):
+            for results in _bounded_map(_mel_chunk, chunks(), pool, 2 * workers):
                 for res in results:
-                    _emit(writer, prog, res, extras[res[1]], sources[res[1]])
+                    emit(res)
                 prog.update(len(results))
         else:
             # decode in workers (leave one core to the forward pass on a CPU-only machine)
             n_dec = workers if tok.hubert.device.type == "cuda" else workers - 1
             if tok.hubert.device.type == "cpu":
                 torch.set_num_threads(free_cores())  # OpenMP threads on busy cores spin-wait (see free_cores)
-            if n_dec >= 1 and len(chunks) > 1:
+            if n_dec >= 1 and (mine is None or len(mine) - skipped > CHUNK_FILES):
                 pool = ctx.Pool(n_dec)
             batch_size = batch_size or (16 if tok.hubert.device.type == "cuda" else 1)
             pending: list[tuple[str, np.ndarray]] = []
@@ -227,17 +309,17 @@ def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_
                 wavs = [w for _, w in pending]
                 for (id_, wav), frames in zip(pending, tok.encode_batch(wavs, batch_size=batch_size)):
                     units, durs = dedup(frames) if do_dedup else (frames, np.ones_like(frames))
-                    _emit(writer, prog, ("ok", id_, units, durs, len(wav) / 16000), extras[id_], sources[id_])
+                    emit(("ok", id_, units, durs, len(wav) / 16000))
                 prog.update(len(pending))
                 pending.clear()
 
             need = tok.hubert.min_samples
-            for results in _bounded_map(_decode_chunk, chunks, pool, 2 * max(1, n_dec)):
+            for results in _bounded_map(_decode_chunk, chunks(), pool, 2 * max(1, n_dec)):
                 for res in results:
                     if res[0] == "ok" and tok.n_frames(len(res[2])) < 1:
                         res = ("err", res[1], f"{sources[res[1]]}: {_reject_short(len(res[2]), need)}")
                     if res[0] == "err":
-                        _emit(writer, prog, res, {}, sources[res[1]])
+                        emit(res)
                         prog.update(1)
                     else:
                         pending.append((res[1], res[2]))
