@@ -241,3 +241,10 @@ def test_rows_are_flushed_by_time_as_well(corpus, reference, tmp_path):
     assert 0 < partial < N_GOOD
     assert main(tok_args(corpus, out, "--shard-rows", "10000")) == 0
     assert as_rows(out) == as_rows(reference)
+
+
+def test_fit_kmeans_prints_the_spec_the_readme_uses(corpus, tmp_path, capsys):
+    km = tmp_path / "km.npz"
+    assert main(["fit-kmeans", str(corpus / "audio"), "--tokenizer", "mel", "--units", "8", "--out", str(km),
+                 "--max-frames", "1000"]) == 0
+    assert f"--tokenizer mel:{km} " in capsys.readouterr().out

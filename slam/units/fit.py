@@ -113,11 +113,12 @@ def fit_audio_kmeans(audio: str | Path, tokenizer: str, n_units: int, out: str |
     km = fit_kmeans(frames, n_units, seed=seed, standardise=tokenizer == "mel", params=params)
     km.save(out)
     units = km.predict(frames)
+    spec = f"mel:{out}" if tokenizer == "mel" else f"hubert:{params['model']}@{params['layer']}:{out}"
     used = int(np.unique(units).size)
     t2 = time.perf_counter()
     print(f"Fitted {n_units}-means for the {tokenizer} tokenizer on {n_frames:,} frames sampled from "
           f"{n_files} files ({seconds / 3600:.2f} h; {n_bad} unreadable files skipped) in "
           f"{format_duration(t2 - t0)} (features {format_duration(t1 - t0)}, clustering "
           f"{format_duration(t2 - t1)}); {used} of {n_units} units used on the sample. Wrote {out}; use "
-          f"it as --tokenizer {out}.")
+          f"it as --tokenizer {spec} (the file alone also works: it names its features).")
     return out
