@@ -168,3 +168,45 @@ def tiny_text_lm(folder: Path) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return folder
+
+
+# --- benchmark folders in the published layouts ----------------------------------------------------------------
+def zr_stem(key: str) -> str:
+    """An 11-letter file stem like the ZeroSpeech 2021 ones (e.g. `aAAfmkmQpVz`)."""
+    import hashlib
+    import string
+
+    return "".join(string.ascii_letters[b % 52] for b in hashlib.sha256(key.encode()).digest()[:11])
+
+
+ZR_COLUMNS = {"lexical": ["id", "filename", "voice", "frequency", "word", "phones", "length", "correct"],
+              "syntactic": ["id", "filename", "voice", "type", "subtype", "transcription", "correct"]}
+
+
+def zr_folder(folder: Path, kind: str, rows: list[dict], seconds: float = 0.3) -> list[Path]:
+    """A ZeroSpeech 2021 `lexical|syntactic/{dev,test}` folder: one 16 kHz wav per row (named by an
+    11-letter stem, its audio from the row's `seed`: equal seeds = identical bytes) and gold.csv with the
+    published columns, rows in the given order. Returns the wav of each row."""
+    import csv
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with open(folder / "gold.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=ZR_COLUMNS[kind])
+        w.writeheader()
+        for k, r in enumerate(rows):
+            stem = zr_stem(f"{folder.name}/{k}")
+            paths.append(write_wav(folder / f"{stem}.wav", seconds, seed=r["seed"]))
+            w.writerow({c: r.get(c, "") if c != "filename" else stem for c in ZR_COLUMNS[kind]})
+    return paths
+
+
+def salmon_folder(root: Path, parts, samples: int = 2, seconds: float = 0.3) -> Path:
+    """A SALMon folder as released: `<part>/sample_<i>_<j>.wav` (j = 0 positive, 1 negative), 16 kHz."""
+    root = Path(root)
+    for n, part in enumerate(parts):
+        for i in range(samples):
+            write_wav(root / part / f"sample_{i}_0.wav", seconds, seed=1000 + 10 * n + i)
+            write_wav(root / part / f"sample_{i}_1.wav", seconds, seed=2000 + 10 * n + i)
+    return root

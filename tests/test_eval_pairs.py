@@ -32,12 +32,19 @@ def test_batched_scores_equal_one_at_a_time():
     np.testing.assert_allclose(score_sequences(model, [seqs[1]], "sum")[0], manual.sum().item(), rtol=1e-5)
 
 
-def test_accuracy_ties_and_ci_hand_worked():
+def test_accuracy_ties_and_wilson_ci_hand_worked():
     r = accuracy([1, 0, 0.5, 1])
-    # mean 0.625; sample sd = sqrt((0.375^2 + 0.625^2 + 0.125^2 + 0.375^2) / 3) = 0.47871; se = 0.23936
+    # Wilson, p = 0.625, n = 4, z = 1.96: d = 1 + 3.8416/4 = 1.9604; centre = (0.625 + 0.4802)/d = 0.563763;
+    # half = 1.96 * sqrt(0.234375/4 + 3.8416/64) / d = 1.96 * 0.344411 / 1.9604 = 0.344341
     assert r["n"] == 4 and r["value"] == pytest.approx(62.5)
-    assert r["ci95"][0] == pytest.approx(100 * (0.625 - 1.96 * 0.478714 / 2), abs=1e-3)
-    assert r["ci95"][1] == 100.0  # clipped
+    assert r["ci95"] == pytest.approx([21.9422, 90.8104], abs=1e-3)
+    # a group with no variance keeps a real interval: 0/4 -> [0, 2 * 0.4802/1.9604] = [0, 48.99]
+    assert accuracy([0, 0, 0, 0])["ci95"] == pytest.approx([0.0, 48.990], abs=1e-3)
+    assert accuracy([1, 1, 1, 1])["ci95"] == pytest.approx([51.010, 100.0], abs=1e-3)
+    # n = 1,871 at 55%: the half-width the docstring quotes (2.3 points)
+    lo, hi = accuracy([1.0] * 1029 + [0.0] * 842)["ci95"]
+    assert (hi - lo) / 2 == pytest.approx(2.25, abs=0.01)
+    assert math.isnan(accuracy([])["value"]) and accuracy([])["n"] == 0
 
 
 def _zr_lexical(root):

@@ -4,9 +4,11 @@ metric of one model in one run (slam.eval.run).
     slam eval MODEL_DIR --bench sblimp=zr2021/syntactic/dev --bench ssc=sSC --bench tsc=tSC \\
               [--genppl PROMPTS_DIR] [--out results.json] [--score mean|sum]
 
---bench NAME=PATH (repeatable): a ZeroSpeech lexical/syntactic split folder, a Spoken StoryCloze folder or
-a pairs.jsonl (see slam.eval.pairs). --genppl PROMPTS_DIR: GenPPL + auto-BLEU from the first --n-prompts
-files cut to --prompt-seconds (see slam.eval.genppl); the transcripts go to OUT.genppl.jsonl.
+--bench NAME=PATH (repeatable): a ZeroSpeech 2021 lexical/syntactic split folder (scored as the official
+scorer), a Spoken StoryCloze folder, slamkit's repackaged folders, a SALMon folder (`salmon=PATH`: all eight
+parts; `salmon/<part>=PATH`: one) or a pairs.jsonl (see slam.eval.layouts, docs/evaluation.md).
+--genppl PROMPTS_DIR: GenPPL + auto-BLEU from the first --n-prompts files cut to --prompt-seconds (see
+slam.eval.genppl); the transcripts go to OUT.genppl.jsonl.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from slam.eval.run import evaluate_model
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="slam model folder (or a published slamkit folder)")
     p.add_argument("--bench", action="append", default=[], metavar="NAME=PATH",
-                   help="a pairs benchmark (repeatable); NAME defaults to the folder name")
+                   help="a pairs benchmark (repeatable): ZeroSpeech sBLIMP/sWUGGY, sSC/tSC, slamkit folders, "
+                        "salmon=PATH (all parts) or salmon/<part>=PATH; NAME defaults to the folder name")
     p.add_argument("--genppl", metavar="PROMPTS_DIR", default=None, help="prompt audio folder for GenPPL")
     p.add_argument("--cross-modal", action="append", default=[], metavar="NAME=PAIRS_JSONL",
                    help="interleaved models: story cloze across modalities from a TEXT pairs.jsonl (slam corpus "

@@ -1,21 +1,16 @@
-"""Pair metrics: is the positive utterance more likely than the negative one? (sBLIMP, sSC, tSC, sWUGGY)
+"""Pair metrics: is the positive utterance more likely than the negative one? (sBLIMP, sWUGGY, sSC, tSC, SALMon)
 
-    bench = read_benchmark("zr2021/syntactic/dev")       # or a Spoken StoryCloze folder, or pairs.jsonl
+    bench = read_benchmark("zr2021/syntactic/dev")       # any layout of slam.eval.layouts
     result = evaluate_pairs(model, info, bench, root=model_dir)
     result["value"], result["ci95"], result["groups"]     # accuracy in %, 95% CI, per group (e.g. phenomena)
 
-Layouts (details in ../shared/published-formats.md):
-- ZeroSpeech 2021 `lexical/{dev,test}` (sWUGGY) and `syntactic/{dev,test}` (sBLIMP): wavs + gold.csv, read
-  by column name. Lexical: words (correct 1) and nonwords (correct 0) are paired on (id, voice) and a pair's
-  outcome is the mean over its voices, as the ZeroSpeech scorer does. Syntactic: the k-th correct row pairs
-  with the k-th incorrect row; group = `type` (the phenomenon).
-- Spoken StoryCloze (sSC / tSC): a folder of wavs sorted by the integer before the first `_`; files 2i and
-  2i+1 form pair i, the first positive (slamkit's reader).
-- `pairs.jsonl`: {"id", "positive", "negative", optional "group"} with audio paths relative to the file.
+Layouts and how each is paired: slam.eval.layouts (and docs/evaluation.md). A scored unit's outcome is the mean
+of its comparisons (a ZeroSpeech id's voices), so the accuracy, n and the CI are over units exactly as the
+official ZeroSpeech 2021 scorer computes them; sWUGGY also reports the in-vocabulary accuracy (`invocab`).
 
 Score of an utterance = NLL of `<s> units <s>` under the model, EOS prediction included, averaged over its
-predicted tokens (`score="mean"`, as published) or summed (`"sum"`). A pair counts 1 when the positive's NLL
-is lower, 0.5 on a tie. Audio is tokenised by the model's own tokenizer; frames are cached keyed by the
+predicted tokens (`score="mean"`, as published) or summed (`"sum"`). A comparison counts 1 when the positive's
+NLL is lower, 0.5 on a tie. Audio is tokenised by the model's own tokenizer; frames are cached keyed by the
 tokenizer hash and the audio file's sha256, so a cache is never reused by another tokenizer.
 
 Scoring is batched: sequences sorted by length, right-padded with an attention mask (use_cache=False), in
@@ -24,179 +19,29 @@ batches of at most `batch_tokens` padded tokens. Padding never changes a score (
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import re
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 from tqdm import tqdm
 
 from slam.audio import load_audio
-from slam.errors import SlamError
+from slam.errors import AudioError, SlamError
+from slam.eval.layouts import (LAYOUTS, Benchmark, Pair, expand_bench, read_benchmark,  # noqa: F401 (re-exported)
+                               read_storycloze)
 from slam.model import load_model_tokenizer
 from slam.tokens import SlamInfo
 from slam.units.dataset import dedup as dedup_frames
 from slam.utils import length_batches, read_jsonl, sha256_bytes, sha256_file
 
-LAYOUTS = ("zerospeech-lexical", "zerospeech-syntactic", "storycloze", "pairs.jsonl")
-EXPECTED = ("expected one of: a ZeroSpeech 2021 lexical|syntactic/{dev,test} folder with gold.csv and its wavs; "
-            "a Spoken StoryCloze folder of <n>_*.wav files (2i positive, 2i+1 negative); or a pairs.jsonl "
-            "file (or a folder holding one) with id, positive, negative[, group]")
-
-
-@dataclass
-class Pair:
-    """One comparison. `positive[i]` is compared with `negative[i]`; the pair's outcome is the mean over i
-    (several voices for sWUGGY, one file each everywhere else)."""
-
-    id: str
-    positive: list[Path]
-    negative: list[Path]
-    group: str | None = None
-
-
-@dataclass
-class Benchmark:
-    name: str
-    layout: str
-    path: Path
-    pairs: list[Pair] = field(default_factory=list)
-
-    def files(self) -> list[Path]:
-        return sorted({f for p in self.pairs for f in (*p.positive, *p.negative)})
-
-
-# --- readers -------------------------------------------------------------------------------------------------
-def _read_gold(folder: Path) -> list[dict[str, str]]:
-    with open(folder / "gold.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise SlamError(f"{folder}/gold.csv has no rows")
-    return rows
-
-
-def _wav(folder: Path, stem: str) -> Path:
-    for ext in (".wav", ".flac"):
-        p = folder / f"{stem}{ext}"
-        if p.exists():
-            return p
-    raise SlamError(f"{folder}: gold.csv names {stem!r} but {stem}.wav is missing")
-
-
-def read_zerospeech(folder: str | Path) -> Benchmark:
-    folder = Path(folder)
-    rows = _read_gold(folder)
-    cols = set(rows[0])
-    need_lex = {"id", "filename", "voice", "correct", "word"}
-    need_syn = {"id", "filename", "voice", "type", "correct"}
-    if need_lex <= cols and "type" not in cols:
-        pos: dict[tuple[str, str], list[Path]] = defaultdict(list)
-        neg: dict[tuple[str, str], list[Path]] = defaultdict(list)
-        for r in rows:
-            (pos if r["correct"].strip() == "1" else neg)[(r["id"], r["voice"])].append(_wav(folder, r["filename"]))
-        by_id: dict[str, Pair] = {}
-        for key in sorted(pos, key=lambda k: (_natural(k[0]), k[1])):
-            if key not in neg:
-                continue
-            pair = by_id.setdefault(key[0], Pair(id=key[0], positive=[], negative=[]))
-            for w in pos[key]:  # every word file of this voice against every nonword file (pandas merge)
-                for nw in neg[key]:
-                    pair.positive.append(w)
-                    pair.negative.append(nw)
-        pairs = list(by_id.values())
-        layout = "zerospeech-lexical"
-    elif need_syn <= cols:
-        good = [r for r in rows if r["correct"].strip() == "1"]
-        bad = [r for r in rows if r["correct"].strip() == "0"]
-        if len(good) != len(bad):
-            raise SlamError(f"{folder}/gold.csv: {len(good)} correct rows but {len(bad)} incorrect ones; "
-                            "the syntactic layout pairs the k-th of each")
-        pairs = [Pair(id=g["id"], positive=[_wav(folder, g["filename"])], negative=[_wav(folder, b["filename"])],
-                      group=g["type"]) for g, b in zip(good, bad)]
-        layout = "zerospeech-syntactic"
-    else:
-        raise SlamError(f"{folder}/gold.csv has columns {sorted(cols)}: neither the lexical "
-                        f"({sorted(need_lex)}) nor the syntactic ({sorted(need_syn)}) layout")
-    if not pairs:
-        raise SlamError(f"{folder}/gold.csv: no complete pairs")
-    return Benchmark(name=folder.parent.name + "/" + folder.name, layout=layout, path=folder, pairs=pairs)
-
-
-_LEADING_INT = re.compile(r"^(\d+)_")
-
-
-def _natural(s: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s))
-
-
-def read_storycloze(folder: str | Path) -> Benchmark:
-    folder = Path(folder)
-    wavs = [p for p in folder.glob("*.wav")]
-    keyed = []
-    for p in wavs:
-        m = _LEADING_INT.match(p.name)
-        if not m:
-            raise SlamError(f"{folder}: {p.name} does not start with '<n>_'; {EXPECTED}")
-        keyed.append((int(m.group(1)), p))
-    keyed.sort(key=lambda kp: kp[0])
-    if len(keyed) < 2 or len(keyed) % 2:
-        raise SlamError(f"{folder}: {len(keyed)} wav files; the StoryCloze layout needs an even number (pairs)")
-    pairs = [Pair(id=str(keyed[i][0]), positive=[keyed[i][1]], negative=[keyed[i + 1][1]])
-             for i in range(0, len(keyed), 2)]
-    return Benchmark(name=folder.name, layout="storycloze", path=folder, pairs=pairs)
-
-
-def read_pairs_jsonl(path: str | Path) -> Benchmark:
-    path = Path(path)
-    pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            pos, neg = path.parent / r["positive"], path.parent / r["negative"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SlamError(f"{path}:{n}: expected a JSON object with positive and negative paths ({e})") from None
-        for p in (pos, neg):
-            if not p.exists():
-                raise SlamError(f"{path}:{n}: audio {p} does not exist")
-        pairs.append(Pair(id=str(r.get("id", n)), positive=[pos], negative=[neg],
-                          group=None if r.get("group") is None else str(r["group"])))
-    if not pairs:
-        raise SlamError(f"{path}: no pairs")
-    name = path.parent.name if path.name == "pairs.jsonl" else path.stem
-    return Benchmark(name=name, layout="pairs.jsonl", path=path, pairs=pairs)
-
-
-def read_benchmark(path: str | Path) -> Benchmark:
-    """Recognise the layout of `path` and read its pairs."""
-    path = Path(path)
-    if not path.exists():
-        raise SlamError(f"benchmark {str(path)!r} does not exist")
-    if path.is_file():
-        if path.suffix == ".jsonl":
-            return read_pairs_jsonl(path)
-        if path.name == "gold.csv":
-            return read_zerospeech(path.parent)
-        raise SlamError(f"{path}: not a benchmark; {EXPECTED}")
-    if (path / "pairs.jsonl").exists():
-        return read_pairs_jsonl(path / "pairs.jsonl")
-    if (path / "gold.csv").exists():
-        return read_zerospeech(path)
-    subs = sorted(p.name for p in path.iterdir() if p.is_dir() and (p / "gold.csv").exists())
-    if subs:
-        raise SlamError(f"{path}: holds {', '.join(subs)}; pass one of them (e.g. {path / subs[0]})")
-    if any(path.glob("*.wav")):
-        return read_storycloze(path)
-    raise SlamError(f"{path}: no gold.csv, pairs.jsonl or wav files; {EXPECTED}")
+Z95 = 1.96  # two-sided 95% normal quantile (1.95996), as the CIs slam has always printed
 
 
 # --- tokenisation with a cache ------------------------------------------------------------------------------
@@ -324,23 +169,67 @@ def score_sequences(model: Any, sequences: Sequence[Sequence[int]], reduction: s
     return out
 
 
+
+
 # --- accuracy -----------------------------------------------------------------------------------------------
 def pair_outcome(pos_nll: float, neg_nll: float) -> float:
     return 1.0 if pos_nll < neg_nll else 0.5 if pos_nll == neg_nll else 0.0
 
 
+def wilson(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion p over n units. Unlike p +- z*se it stays a real interval at 0
+    and 1 (4 units all wrong: [0, 0.49], not [0, 0]). For units that are ties (0.5) or voice means, any
+    outcome in [0, 1] with mean p has variance <= p(1 - p), so the interval is conservative there."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, min(p, centre - half)), min(1.0, max(p, centre + half))
+
+
 def accuracy(outcomes: Sequence[float]) -> dict[str, Any]:
-    """Accuracy in % with a 95% normal-approximation CI (1.96 standard errors of the per-pair outcomes,
-    which are 0, 0.5 or 1, or voice means for sWUGGY); clipped to [0, 100]. At 1,871 pairs and 55%
-    accuracy the half-width is about 2.3 points."""
+    """Accuracy in % over units (outcomes in [0, 1]) with a 95% Wilson interval. At 1,871 pairs and 55%
+    accuracy the interval is 52.7-57.2 (half-width 2.3 points)."""
     x = np.asarray(outcomes, dtype=np.float64)
     n = int(x.size)
     if n == 0:
         return {"value": float("nan"), "n": 0, "ci95": [float("nan"), float("nan")]}
     mean = float(x.mean())
-    half = 1.96 * float(x.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
-    lo, hi = max(0.0, mean - half), min(1.0, mean + half)
+    lo, hi = wilson(mean, n)
     return {"value": 100 * mean, "n": n, "ci95": [100 * lo, 100 * hi]}
+
+
+def score_pairs(bench: Benchmark, nll: dict[Path, float]) -> dict[str, Any]:
+    """Accuracy of a benchmark from each file's score (lower = more likely): per unit the mean outcome over
+    its comparisons, then the mean over units; per group; and sWUGGY's in-vocabulary variant."""
+    outcomes = [float(np.mean([pair_outcome(nll[a], nll[b]) for a, b in zip(p.positive, p.negative)]))
+                for p in bench.pairs]
+    groups: dict[str, list[float]] = defaultdict(list)
+    for p, o in zip(bench.pairs, outcomes):
+        if p.group is not None:
+            groups[p.group].append(o)
+    result = {"metric": "accuracy", "unit": "%", **accuracy(outcomes),
+              "groups": {g: accuracy(v) for g, v in sorted(groups.items())},
+              "n_comparisons": sum(len(p.positive) for p in bench.pairs)}
+    if bench.layout == "zerospeech-lexical":
+        # the leaderboard's lexical_invocab: the frequency bands except 'oov', weighted by their n = the mean
+        # over ids whose word has frequency >= 1 (ids without a frequency are in "all" only)
+        result["invocab"] = accuracy([o for p, o in zip(bench.pairs, outcomes)
+                                      if p.frequency is not None and p.frequency >= 1])
+    return result
+
+
+def sample_rates(files: Sequence[Path]) -> dict[str, int]:
+    """How many files have each sample rate (from the headers). slam resamples to 16 kHz; slamkit feeds the
+    file as it is, so a folder at another rate gives slamkit a different number."""
+    rates: Counter[int] = Counter()
+    for f in files:
+        try:
+            rates[sf.info(str(f)).samplerate] += 1
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise AudioError(f"{f}: unreadable ({e})") from None
+    return {str(r): c for r, c in sorted(rates.items())}
 
 
 def benchmark_hash(bench: Benchmark, hashes: dict[Path, str]) -> str:
@@ -370,6 +259,7 @@ def evaluate_pairs(model: Any, info: SlamInfo, pairs: Benchmark | str | Path, *,
     if dedup is None:
         dedup = bool(info.tokenizer.get("dedup", True)) if info.tokenizer else True
     files = bench.files()
+    rates = sample_rates(files)
     frames, hashes = tokenize_files(files, tokenizer, cache_dir, progress=progress)
     seqs = []
     for f in files:
@@ -386,16 +276,8 @@ def evaluate_pairs(model: Any, info: SlamInfo, pairs: Benchmark | str | Path, *,
     nll = score_sequences(model, seqs, score, batch_tokens=batch_tokens, pad_id=info.pad_id, progress=progress,
                           **speech_only)
     model.train(was_training)
-    by_file = dict(zip(files, nll))
-    outcomes = [float(np.mean([pair_outcome(by_file[a], by_file[b]) for a, b in zip(p.positive, p.negative)]))
-                for p in bench.pairs]
-    groups: dict[str, list[float]] = defaultdict(list)
-    for p, o in zip(bench.pairs, outcomes):
-        if p.group is not None:
-            groups[p.group].append(o)
-    result = {"metric": "accuracy", "unit": "%", **accuracy(outcomes), "score": score, "dedup": dedup,
-              "groups": {g: accuracy(v) for g, v in sorted(groups.items())},
-              "layout": bench.layout, "path": str(bench.path), "n_files": len(files),
-              "benchmark_hash": benchmark_hash(bench, hashes), "tokenizer_hash": tokenizer.hash,
-              "seconds": time.perf_counter() - t0}
+    result = {**score_pairs(bench, dict(zip(files, nll))), "score": score, "dedup": dedup,
+              "layout": bench.layout, "protocol": bench.protocol, **bench.details, "path": str(bench.path),
+              "n_files": len(files), "sample_rates": rates, "benchmark_hash": benchmark_hash(bench, hashes),
+              "tokenizer_hash": tokenizer.hash, "seconds": time.perf_counter() - t0}
     return result

@@ -3,9 +3,11 @@
     slam eval MODEL_DIR --bench sblimp=zr2021/syntactic/dev --bench ssc=sSC --bench tsc=tSC \\
               [--genppl PROMPTS_DIR] [--out results.json] [--score mean|sum]
 
---bench NAME=PATH (repeatable): a ZeroSpeech lexical/syntactic split folder, a Spoken StoryCloze folder or
-a pairs.jsonl (see slam.eval.pairs). --genppl PROMPTS_DIR: GenPPL + auto-BLEU from the first --n-prompts
-files cut to --prompt-seconds (see slam.eval.genppl); the transcripts go to OUT.genppl.jsonl.
+--bench NAME=PATH (repeatable): a ZeroSpeech 2021 lexical/syntactic split folder (scored as the official
+scorer), a Spoken StoryCloze folder, slamkit's repackaged folders, a SALMon folder (`salmon=PATH`: all eight
+parts; `salmon/<part>=PATH`: one) or a pairs.jsonl (see slam.eval.layouts, docs/evaluation.md).
+--genppl PROMPTS_DIR: GenPPL + auto-BLEU from the first --n-prompts files cut to --prompt-seconds (see
+slam.eval.genppl); the transcripts go to OUT.genppl.jsonl.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 from slam.errors import SlamError
 from slam.eval.cross_modal import cross_modal_cloze
 from slam.eval.genppl import DEFAULT_ASR, DEFAULT_TEXT_LM, TextLM, WhisperASR, evaluate_genppl
-from slam.eval.pairs import default_cache_dir, evaluate_pairs, read_benchmark
+from slam.eval.layouts import expand_bench
+from slam.eval.pairs import default_cache_dir, evaluate_pairs
 from slam.model import load_for_inference, load_model_tokenizer
 from slam.text import model_text_tokenizer
 from slam.utils import atomic_write_json, hash_files, provenance
@@ -58,6 +61,10 @@ def table(metrics: dict[str, dict[str, Any]]) -> str:
         ci = f"[{_fmt(r['ci95'][0])}, {_fmt(r['ci95'][1])}]"
         if r["metric"] == "accuracy":
             rows.append((name, _fmt(r["value"]) + " %", ci, str(r["n"]), f"{r['layout']}, score {r['score']}"))
+            if "invocab" in r:  # sWUGGY: the leaderboard's in-vocabulary accuracy beside "all"
+                iv = r["invocab"]
+                rows.append(("  in-vocab", _fmt(iv["value"]) + " %", f"[{_fmt(iv['ci95'][0])}, {_fmt(iv['ci95'][1])}]",
+                             str(iv["n"]), "words with frequency >= 1"))
             for g, gr in r.get("groups", {}).items():
                 rows.append((f"  {g}", _fmt(gr["value"]) + " %", f"[{_fmt(gr['ci95'][0])}, {_fmt(gr['ci95'][1])}]",
                              str(gr["n"]), ""))
@@ -90,11 +97,11 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
     for _, path in xmodal:
         if not path.is_file():
             raise SlamError(f"--cross-modal {path}: not a file (expected a text pairs.jsonl)")
-    names = [n for n, _ in benches] + (["genppl"] if genppl else []) + \
+    read = [nb for n, p in benches for nb in expand_bench(n, p)]  # layout errors before any model loading
+    names = [n for n, _ in read] + (["genppl"] if genppl else []) + \
         [f"{n}-{d}" for n, _ in xmodal for d in ("t2s", "s2t")]
     if len(set(names)) != len(names):
         raise SlamError(f"benchmark names must be unique: {names}")
-    read = [(n, read_benchmark(p)) for n, p in benches]  # layout errors before any model loading
     model, info = load_for_inference(model_dir, device=device)
     tokenizer = load_model_tokenizer(info, model_dir, tokenizer)
     cache_dir = None if no_cache else (cache_dir or default_cache_dir())
