@@ -184,10 +184,31 @@ def from_dict(cls: type[T], data: dict) -> T:
     return _build(cls, data)
 
 
+def _one_of(cls: type, tree: dict) -> dict:
+    """A section whose class lists `ONE_OF` field names (e.g. the budget: time, tokens or steps) takes one of
+    them: a layer (the YAML over the defaults, the overrides over the YAML) that sets one of them to a value
+    clears the others it does not set itself, so `budget.steps=100` on a time-budgeted recipe replaces the
+    time budget instead of stopping with "set exactly one"."""
+    if not (_is_dataclass_type(cls) and isinstance(tree, dict)):
+        return tree
+    hints = _hints(cls)
+    for name, value in tree.items():
+        tp = hints.get(name)
+        for cand in (tp, *typing.get_args(tp)):
+            if _is_dataclass_type(cand) and isinstance(value, dict):
+                _one_of(cand, value)
+    group = getattr(cls, "ONE_OF", ())
+    if any(tree.get(k) is not None for k in group):
+        for k in group:
+            tree.setdefault(k, None)
+    return tree
+
+
 def load_config(cls: type[T], recipe: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of `cls` <- the YAML recipe <- dotted CLI overrides."""
-    data = read_yaml(recipe) if recipe else {}
-    data = _merge(data, parse_overrides(overrides or []))
+    """Defaults of `cls` <- the YAML recipe <- dotted CLI overrides (each layer replacing a one-of choice
+    of the layer below, see `_one_of`)."""
+    data = _one_of(cls, read_yaml(recipe)) if recipe else {}
+    data = _merge(data, _one_of(cls, parse_overrides(overrides or [])))
     return _build(cls, data)
 
 
@@ -204,7 +225,15 @@ def resolve_recipe(recipe: str) -> tuple[Path, list[str]]:
         return RECIPES / f"{recipe}.yaml", []
     if p.is_dir():
         raise ConfigError(f"recipe: {recipe!r} is a folder without config.yaml (not a run folder)")
+    if not p.exists():
+        raise ConfigError(f"recipe {recipe!r} does not exist: give a YAML file, a run folder or a shipped "
+                          f"recipe ({', '.join(shipped_recipes())})")
     return p, []
+
+
+def shipped_recipes() -> list[str]:
+    """Every recipe `slam train NAME` / `slam dpo NAME` finds by name."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
 
 
 def load_recipe(cls: type[T], recipe: str, overrides: list[str]) -> T:

@@ -7,14 +7,17 @@ from typing import TypeVar
 
 import yaml
 
-from slam.config import describe, load_recipe, to_dict
+from slam.config import describe, load_recipe, shipped_recipes, to_dict
 from slam.errors import ConfigError
 
 C = TypeVar("C")
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_help: str, overrides_help: str) -> None:
-    """RECIPE [key=value ...] plus --keys and --check."""
+    """RECIPE [key=value ...] plus --keys and --check, the flags anywhere on the line."""
+    # intermixed: `slam train slam --check data.train=...` puts a flag between the positionals, which plain
+    # parse_args refuses ("unrecognized arguments")
+    parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
     parser.add_argument("recipe", nargs="?", help=recipe_help)
     parser.add_argument("overrides", nargs="*", help=overrides_help)
     parser.add_argument("--keys", action="store_true", help="list every recipe key with its default and meaning")
@@ -32,7 +35,7 @@ def recipe_or_check(args: argparse.Namespace, config_cls: type[C], missing: str)
     """The validated recipe of `args` (ConfigError `missing` without one); None when `--check` only asked to
     print it (done here)."""
     if not args.recipe:
-        raise ConfigError(missing)
+        raise ConfigError(f"{missing}; shipped recipes: {', '.join(shipped_recipes())}")
     cfg = load_recipe(config_cls, args.recipe, args.overrides)
     if args.check:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")

@@ -9,7 +9,7 @@ same kind of error. Defaults are the paper's final recipe (recipes/slam.yaml res
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from slam.config import check, load_recipe
 from slam.errors import ConfigError, SlamError
@@ -69,9 +69,18 @@ class Data:
     """data.kind=interleaved: how utterances are cut into text and speech spans."""
     context: int = 1024
     """Tokens per packed row (the paper: 1024). Long documents are cut into chunks of this length."""
+    min_length: int = 0
+    """Leave out documents shorter than this many tokens (<s> and </s> included), e.g. 1-second
+    fragments; 0 keeps all. Applied to training and held-out documents alike."""
+    max_length: int | None = None
+    """Leave out (not cut) documents longer than this many tokens; null keeps all (longer than
+    `context` they are cut into chunks)."""
 
     def __post_init__(self) -> None:
         check(self.context >= 2, "data.context", f"must be at least 2, got {self.context}")
+        check(self.min_length >= 0, "data.min_length", f"must be >= 0, got {self.min_length}")
+        check(self.max_length is None or self.max_length >= max(self.min_length, 1), "data.max_length",
+              f"must be >= data.min_length and positive, got {self.max_length}")
         check(0 <= self.val_fraction < 1, "data.val_fraction", f"must lie in [0, 1), got {self.val_fraction}")
         check(self.kind != "text" or bool(self.text_tokenizer), "data.text_tokenizer",
               "data.kind=text needs a text tokenizer folder")
@@ -155,6 +164,8 @@ class Schedule:
 
 @dataclass
 class BudgetConfig:
+    ONE_OF: ClassVar[tuple[str, ...]] = ("time", "tokens", "steps")  # a layer setting one clears the others
+
     time: str | None = "24h"
     """Wall-clock training time ("24h", "90m"); counted around training steps only (eval, checkpoints and
     compile warm-up are excluded and reported separately)."""

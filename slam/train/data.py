@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from slam.attention import use_varlen_attention
-from slam.data import PackedLoader, batch_to, causal_lm_loss, in_val_split, text_source, units_layout, units_source
+from slam.data import PackedLoader, batch_to, causal_lm_loss, text_source, units_layout, units_source
 from slam.data.interleave import interleaved_source, subset, text_stream_source
+from slam.data.sources import keep_lengths, val_mask
 from slam.errors import ConfigError, SlamError
 from slam.text import load_text_tokenizer
 from slam.tokens import TEXT_TOKENIZER_DIR, SlamInfo, interleaved_layout
@@ -201,7 +202,7 @@ def _build(cfg: TrainConfig, info: SlamInfo, path: str, stream: str, frac: float
         full = interleaved_source(path, info, text_tok, cfg.data.interleave, cfg.seed, progress=progress)
         if frac <= 0:
             return full, None
-        held = np.array([in_val_split(k, frac) for k in full.ids], dtype=bool)
+        held = val_mask(full.ids, frac)
         return subset(full, ~held), subset(full, held)
     if stream == "speech":
         name = f"{Path(path).name}:speech" if interleaved else None
@@ -227,9 +228,27 @@ def loaders(cfg: TrainConfig, info: SlamInfo, env: dist.Env) -> tuple[TrainData,
     frac = 0.0 if d.val else d.val_fraction
     streams = [stream_of(cfg, s) for s in d.train]
     built = [_build(cfg, info, s.path, k, frac, text_tok, env.main) for s, k in zip(d.train, streams)]
+    if env.main and frac > 0:
+        for s, (t, v) in zip(d.train, built):
+            if v is not None and len(v) == 1 and frac * (len(t) + 1) < 1:
+                print(f"slam train: data.val_fraction {frac} of {s.path}'s {len(t) + 1} documents rounds to none; "
+                      f"holding out 1 document for validation")
+    if d.min_length or d.max_length is not None:
+        before = [len(t) + (len(v) if v is not None else 0) for t, v in built]
+        built = [(keep_lengths(t, d.min_length, d.max_length),
+                  None if v is None else keep_lengths(v, d.min_length, d.max_length)) for t, v in built]
+        if env.main:
+            for s, n, (t, v) in zip(d.train, before, built):
+                kept = len(t) + (len(v) if v is not None else 0)
+                print(f"slam train: {s.path}: {n - kept} of {n} documents outside data.min_length "
+                      f"{d.min_length} .. data.max_length {d.max_length} tokens left out")
+        if any(len(t) == 0 for t, _ in built):
+            raise ConfigError(f"data.min_length / data.max_length: no training document of "
+                              f"{[s.path for s, (t, _) in zip(d.train, built) if len(t) == 0][0]} is left")
     train_src = [t for t, _ in built]
     if d.val:
-        val_src = [_build(cfg, info, d.val, _val_stream(cfg), 0.0, text_tok, env.main)[0]]
+        val_src = [keep_lengths(_build(cfg, info, d.val, _val_stream(cfg), 0.0, text_tok, env.main)[0],
+                                d.min_length, d.max_length)]
     else:
         val_src = [v for _, v in built]
     val_src = [s for s in val_src if s is not None and len(s) > 0]
