@@ -324,6 +324,9 @@ class DPOBatch:
 class DPOLoss:
     beta: float = 0.1
     """Strength of the pull towards the reference (the paper: 0.1); higher = stay closer."""
+    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """The preference loss (slam/train/losses.py): sigmoid = DPO (the paper), ipo = IPO (target margin
+    1 / (2 beta)), hinge = SLiC/RSO hinge max(0, 1 - beta * margin)."""
     precompute_reference: bool = False
     """Compute the reference log-probs of every pair once before training (cached in the run folder) and
     free the reference model: no second model in memory and one forward less per micro-batch."""
