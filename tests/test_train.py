@@ -232,3 +232,29 @@ def test_transformer_blocks_are_found_for_every_family(model_type):
     blocks = transformer_blocks(model)
     assert len(blocks) == 3
     assert all("Layer" in type(b).__name__ for b in blocks)
+
+
+def test_a_refused_run_writes_nothing_into_the_folder_it_refused(units, tmp_path, capsys):
+    from slam.cli import main
+
+    run = tmp_path / "done"
+    train(tiny(units, run, "budget.steps=2", "eval.every_steps=0", "checkpoint.every_steps=0"))
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+    capsys.readouterr()
+    assert main(["train", "tiny-cpu", *train_overrides(units, run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a run" in err[-1]
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # metrics, events, lock untouched
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(units, tmp_path, capsys):
+    from slam.cli import main
+    from slam.lock import lock_output
+
+    run = tmp_path / "busy"
+    with lock_output(run, "slam train"):  # as another `slam train` on the same folder would hold it
+        assert main(["train", "tiny-cpu", *train_overrides(units, run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(os.getpid()) in err[0], err
+    assert not (run / "metrics.jsonl").exists()
+    assert main(["train", "tiny-cpu", *train_overrides(units, run, "budget.steps=2")]) == 0  # lock released

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slam.errors import ConfigError, SlamError
+from slam.lock import lock_output
 from slam.train import checkpoint, dist
 from slam.train.budget import Budget
 from slam.train.config import RunConfig
@@ -255,8 +256,31 @@ def log_done(run: Run, step: int, budget: Budget, setup_s: float, flops: float, 
 
 
 
+def refuse_finished_run(cfg: RunConfig) -> None:
+    """Refuse to overwrite a run by accident, before anything is written into its folder."""
+    out = Path(cfg.out)
+    if not cfg.resume and (checkpoint.latest(out / "checkpoints") is not None or (out / "final").exists()):
+        raise ConfigError(f"out: {cfg.out} already holds a run; pass resume=true to continue it or choose "
+                          f"another out=")
+
+
+@contextmanager
+def run_folder_lock(cfg: RunConfig, env: dist.Env, who: str) -> Iterator[None]:
+    """Hold the run folder for the whole run: refuse a folder that already holds a run, then take its lock
+    (one writer at a time: a second `slam train` into the same folder is refused with the holder's pid; the
+    kernel releases the lock when the process ends in any way). Only the main process locks: the other ranks
+    of a torchrun job write into the same folder under its lock."""
+    refuse_finished_run(cfg)
+    if not env.main:
+        yield
+        return
+    with lock_output(cfg.out, who):
+        yield
+
+
 def prepare_run_folder(cfg: RunConfig, env: dist.Env) -> tuple[Run, Path | None]:
-    """Refuse to overwrite a run by accident; find the checkpoint to resume from."""
+    """The run folder (metrics, TensorBoard) and the checkpoint to resume from, if any."""
+    refuse_finished_run(cfg)
     run = Run(cfg.out, main=env.main)
     ckpts = run.checkpoints
     resume_from = None
@@ -266,9 +290,6 @@ def prepare_run_folder(cfg: RunConfig, env: dist.Env) -> tuple[Run, Path | None]
                 print(f"slam: removed {stale.name} (a checkpoint write that was interrupted)")
         dist.barrier()
         resume_from = checkpoint.latest(ckpts)
-    elif checkpoint.latest(ckpts) is not None or run.final.exists():
-        raise ConfigError(f"out: {cfg.out} already holds a run; pass resume=true to continue it or choose "
-                          f"another out=")
     return run, resume_from
 
 

@@ -24,8 +24,8 @@ from slam.train import dist
 from slam.train.budget import Budget
 from slam.train.config import TrainConfig
 from slam.train.engine import (Session, StepStats, accumulation, autocast, compile_blocks, evaluate, log_done,
-                               overhead_text, plain_model, prepare_run_folder, resume_state, run_loop,
-                               seed_everything)
+                               overhead_text, plain_model, prepare_run_folder, resume_state, run_folder_lock,
+                               run_loop, seed_everything)
 from slam.train.flops import attention_width, batch_flops, peak_tflops
 from slam.train.optim import build_optimizer
 from slam.train.run import Run
@@ -59,7 +59,8 @@ def train(cfg: TrainConfig, loss_fn: Callable | None = None) -> Path:
     defaults to slam.data.causal_lm_loss (tests pass a wrapper to inject faults)."""
     env = dist.init()
     try:
-        return _train(cfg, env, loss_fn)
+        with run_folder_lock(cfg, env, "slam train"):
+            return _train(cfg, env, loss_fn)
     finally:
         dist.shutdown()
 
