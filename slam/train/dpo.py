@@ -32,6 +32,7 @@ gradient is the mean over its 64 pairs however they fall into micro-batches and 
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +49,7 @@ from slam.train import dist
 from slam.train.budget import Budget
 from slam.train.config import DPOConfig
 from slam.train.engine import (Session, StepStats, accumulation, autocast, log_done, overhead_text, plain_model,
-                               prepare_run_folder, resume_state, run_loop, seed_everything)
+                               prepare_run_folder, run_folder_lock, resume_state, run_loop, seed_everything)
 from slam.train.flops import attention_width, batch_flops
 from slam.train.losses import DPOOutput, dpo_loss
 from slam.train.optim import build_optimizer
@@ -104,7 +105,7 @@ class Metrics:
                 "tokens": int(tokens)}
 
 
-def make_loss_fn(reference: nn.Module | None, beta: float, metrics: Metrics) -> Callable:
+def make_loss_fn(reference: nn.Module | None, beta: float, metrics: Metrics, loss: str = "sigmoid") -> Callable:
     """`loss_fn(model, batch) -> (sum of pair losses, number of pairs)`, the interface of train_step.
     The reference log-probs come from the batch (precomputed) or from the frozen reference model."""
 
@@ -115,7 +116,7 @@ def make_loss_fn(reference: nn.Module | None, beta: float, metrics: Metrics) -> 
         else:
             with torch.no_grad():
                 ref_c, ref_r = sequence_logps(reference, batch)
-        out = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
+        out = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta, loss)
         metrics.add(out, batch)
         return out.losses.sum(), len(out.losses)
 
@@ -223,22 +224,28 @@ def dpo(cfg: DPOConfig) -> Path:
     """Run the recipe; returns the final model folder."""
     env = dist.init()
     try:
-        return _dpo(cfg, env)
+        with ExitStack() as held:  # the run folder's lock, taken once the starting model has loaded
+            return _dpo(cfg, env, held)
     finally:
         dist.shutdown()
 
 
-def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
+def _dpo(cfg: DPOConfig, env: dist.Env, held: ExitStack) -> Path:
     t_setup = time.perf_counter()
     seed_everything(cfg.seed)
     policy, info = load_start_model(cfg, env.device, trainable=True)  # a bad model= fails before any write
+    held.enter_context(run_folder_lock(cfg, env, "slam dpo"))
     run, resume_from = prepare_run_folder(cfg, env)
     run.write_config(cfg)
     run.write_provenance({"stage": "dpo", "world_size": env.world,
                           "resumed_from": str(resume_from) if resume_from else None})
     max_pos = getattr(policy.config, "max_position_embeddings", None)
     if max_pos is not None and cfg.data.max_length > max_pos:
-        raise ConfigError(f"data.max_length: {cfg.data.max_length} exceeds the model's {max_pos} positions")
+        # the recipe's 1024 is the paper model's context; a smaller model keeps pairs that fit its own
+        if env.main:
+            print(f"slam dpo: data.max_length {cfg.data.max_length} exceeds the model's {max_pos} positions; "
+                  f"using {max_pos} (longer pairs are left out and counted)")
+        cfg.data.max_length = max_pos
     pairs, train_idx, val_idx, counts = load_pairs(cfg, info, main=env.main)
     n_params = count_parameters(policy)
     layers, width = attention_width(policy)
@@ -272,6 +279,8 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
         if cfg.dist.strategy == "fsdp":
             reference = dist.wrap(reference, "fsdp", env)
 
+    if cfg.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:  # packed rows vary in length: dynamic shapes, or one recompile per length
         for block in dist.transformer_blocks(policy):
             block.compile(dynamic=True)
@@ -281,8 +290,8 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     accum = accumulation(cfg, env, " pairs")
     loader = PairLoader(train_idx, cfg.batch.micro, cfg.seed, env.rank, env.world, fingerprint=pairs.fingerprint())
     metrics = Metrics()
-    s = Session(cfg, env, run, model, optimizer, budget, loader, make_loss_fn(reference, cfg.dpo.beta, metrics),
-                amp, accum, "slam dpo")
+    loss_fn = make_loss_fn(reference, cfg.dpo.beta, metrics, cfg.dpo.loss)
+    s = Session(cfg, env, run, model, optimizer, budget, loader, loss_fn, amp, accum, "slam dpo")
     if resume_from is not None:
         s.step, s.flops = resume_state(resume_from, model, optimizer, budget, loader, run, env)
     elif cfg.resume and env.main:
@@ -298,8 +307,8 @@ def _dpo(cfg: DPOConfig, env: dist.Env) -> Path:
     step, last = s.step, stage.last
     start_extra = dict(info.extra)
     info.extra = {**{k: v for k, v in start_extra.items() if k != "train"}, "pretrain": start_extra.get("train"),
-                  "dpo": {"start_model": str(cfg.model), "beta": cfg.dpo.beta, "pairs": counts["train_pairs"],
-                          "steps": step}}
+                  "dpo": {"start_model": str(cfg.model), "beta": cfg.dpo.beta, "loss": cfg.dpo.loss,
+                          "pairs": counts["train_pairs"], "steps": step}}
     info.extra["train"] = {"run": str(run.folder), "steps": step, "tokens": budget.tokens,
                            "train_seconds": round(budget.seconds, 1)}
     with budget.overhead_of("final"):
