@@ -280,7 +280,7 @@ def _dpo(cfg: DPOConfig, env: dist.Env, held: ExitStack) -> Path:
             reference = dist.wrap(reference, "fsdp", env)
 
     if cfg.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        policy.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:  # packed rows vary in length: dynamic shapes, or one recompile per length
         for block in dist.transformer_blocks(policy):
             block.compile(dynamic=True)

@@ -81,6 +81,8 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
     model, info = build_model(cfg, train_data.token_layout(cfg))
     model.to(env.device)
     train_data.prepare_model(model, env.device)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     n_params = count_parameters(model)
     layers, width = attention_width(model)
     if cfg.compile:
