@@ -29,9 +29,10 @@ from slam.audio import load_audio
 from slam.errors import SlamError
 from slam.model import audio_to_units, load_for_inference, load_model_tokenizer
 from slam.text import model_text_tokenizer
-from slam.tokens import SlamInfo, require_interleaved
+from slam.tokens import SlamInfo, require_interleaved, text_targets
 from slam.units.dataset import iter_rows, read_meta
 from slam.vocoder import load_vocoder
+from slam.vocoder.hifigan import require_published_units
 
 
 
@@ -44,11 +45,13 @@ def row_generator(seed: int, prompt_index: int, sample_index: int, device: str |
 
 
 def next_unit_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: float, top_k: int | None,
-                     repetition_penalty: float | None) -> torch.Tensor:
-    """Unit logits [B, K] -> the logits actually sampled from (-inf outside top-k).
+                     repetition_penalty: float | None, top_p: float | None = None) -> torch.Tensor:
+    """Unit logits [B, K] -> the logits actually sampled from (-inf outside top-k and the top-p nucleus).
 
     Repetition penalty as in CTRL / HF: a unit already in the prompt or the continuation has its logit
-    divided by R when positive, multiplied by R when negative. Then temperature, then top-k.
+    divided by R when positive, multiplied by R when negative. Then temperature, then top-k, then top-p
+    (nucleus sampling, Holtzman et al. 2020, as HF's TopPLogitsWarper: keep the most likely ids until their
+    probability reaches p; the most likely id is always kept).
     """
     logits = logits.float()
     if repetition_penalty is not None and repetition_penalty != 1.0:
@@ -59,22 +62,51 @@ def next_unit_logits(logits: torch.Tensor, seen: torch.Tensor, temperature: floa
     if top_k is not None and 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0 < top_p < 1:
+        ordered, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        before = probs.cumsum(-1) - probs  # the mass of the ids ranked above each id
+        ordered = ordered.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
     return logits
 
 
 @torch.inference_mode()
 def sample_units(model: Any, info: SlamInfo, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 150,
                  temperature: float = 0.8, top_k: int | None = 25, repetition_penalty: float | None = None,
-                 seed: int = 0, num_samples: int = 1, batch_size: int = 32,
-                 progress: bool = False, prefixes: Sequence[Sequence[int]] | None = None) -> list[list[np.ndarray]]:
+                 seed: int = 0, num_samples: int = 1, batch_size: int = 32, top_p: float | None = None,
+                 progress: bool = False, prefixes: Sequence[Sequence[int]] | None = None,
+                 stop_at_eos: bool = False, candidates: Sequence[int] | None = None) -> list[list[np.ndarray]]:
     """Continue each prompt (units 0..K-1) `num_samples` times; returns [prompt][sample] -> new units.
 
-    temperature 0 = greedy. Only unit ids are ever drawn (the special ids of `info.special_ids` are out of
-    the sampled slice), so every continuation has exactly max_new_tokens units. `prefixes[i]` (model ids)
-    replaces prompt i's opening `<s>` (e.g. an interleaved text prompt `<s> <text> tokens <speech>`).
+    temperature 0 = greedy. By default only unit ids are ever drawn (the special ids of `info.special_ids`
+    are out of the sampled slice), so every continuation has exactly max_new_tokens units. `prefixes[i]`
+    (model ids) replaces prompt i's opening `<s>` (e.g. an interleaved text prompt `<s> <text> tokens
+    <speech>`).
+
+    stop_at_eos=True samples as slamkit's `generate` does (HF generate over the whole vocabulary, no ids
+    banned for a unit model): a speech-only model draws from every id (pad, `<s>`, units), an interleaved
+    one from its units and eos. Drawing eos ends that row (so it may hold fewer units, even none); a drawn
+    pad stays in the context and is dropped from the output, as slamkit's decode drops it. Top-k and the
+    repetition penalty then act over those ids too.
+
+    candidates: draw from exactly these model ids instead (e.g. an interleaved model's text ids for a text
+    continuation); the rows are then returned as model ids, each ending before the first eos drawn.
     """
     device = next(model.parameters()).device
     K, off = info.n_units, info.unit_offset
+    # candidate ids, units contiguous from column u0: the sampled slice of the logits
+    if candidates is not None:
+        cand, u0 = torch.as_tensor(np.asarray(candidates, np.int64)), 0
+        stop_at_eos = True
+    elif not stop_at_eos:
+        cand, u0 = torch.arange(off, off + K), 0
+    elif info.speech_token_id is None:
+        cand, u0 = torch.arange(0, max(info.vocab_size, off + K)), off
+    else:
+        cand, u0 = torch.as_tensor(np.r_[np.arange(off, off + K), info.eos_id]), 0
+    cand = cand.to(device)
+    contiguous = bool((cand[1:] - cand[:-1] == 1).all()) if len(cand) > 1 else True
     rows = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]
     out: list[list[np.ndarray]] = [[np.zeros(0, np.int64)] * num_samples for _ in prompts]
     # longest first so that rows of similar length share a batch (less padding)
@@ -91,36 +123,49 @@ def sample_units(model: Any, info: SlamInfo, prompts: Sequence[Sequence[int]], *
         # left padding: every row's last prompt token sits in the last column, so one step appends to all
         input_ids = torch.full((len(batch), width), info.pad_id, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
-        seen = torch.zeros((len(batch), K), dtype=torch.bool)
+        seen = torch.zeros((len(batch), len(cand)), dtype=torch.bool)
         for i, x in enumerate(ids):
             input_ids[i, width - len(x):] = torch.as_tensor(x)
             mask[i, width - len(x):] = 1
-            seen[i, torch.as_tensor(np.asarray(prompts[batch[i][0]], dtype=np.int64))] = True
+            if candidates is None:  # the prompt's units count as seen for the repetition penalty
+                seen[i, u0 + torch.as_tensor(np.asarray(prompts[batch[i][0]], dtype=np.int64))] = True
         input_ids, mask, seen = input_ids.to(device), mask.to(device), seen.to(device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         gens = [row_generator(seed, p, s, device) for p, s in batch]
         new = torch.zeros((len(batch), max_new_tokens), dtype=torch.long, device=device)
+        ended = torch.full((len(batch),), max_new_tokens, dtype=torch.long)  # eos position per row
         past = None
         step_ids, step_pos = input_ids, position_ids
         for t in range(max_new_tokens):
             res = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
                         use_cache=True)
             past = res.past_key_values
-            logits = next_unit_logits(res.logits[:, -1, off:off + K], seen, temperature, top_k, repetition_penalty)
+            last = res.logits[:, -1]
+            last = last[:, int(cand[0]):int(cand[-1]) + 1] if contiguous else last[:, cand]
+            logits = next_unit_logits(last, seen, temperature, top_k, repetition_penalty, top_p)
             if temperature > 0:
                 probs = torch.softmax(logits, dim=-1)
                 choice = torch.stack([torch.multinomial(probs[i], 1, generator=gens[i])[0]
                                       for i in range(len(batch))])
             else:
                 choice = logits.argmax(-1)
-            new[:, t] = choice
+            chosen = cand[choice]
+            new[:, t] = chosen
             seen[torch.arange(len(batch), device=device), choice] = True
-            step_ids = (choice + off)[:, None]
+            step_ids = chosen[:, None]
             step_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             bar.update(len(batch))
+            if stop_at_eos:
+                hit = (chosen == info.eos_id).cpu() & (ended == max_new_tokens)
+                ended[hit] = t
+                if bool((ended < max_new_tokens).all()):
+                    bar.update(len(batch) * (max_new_tokens - 1 - t))
+                    break
         for i, (p, s) in enumerate(batch):
-            out[p][s] = new[i].cpu().numpy()
+            row = new[i, :int(ended[i])].cpu().numpy()
+            # ids -> units; with stop_at_eos a drawn pad (or other non-unit id) is dropped, as slamkit decodes
+            out[p][s] = row if candidates is not None else row[(row >= off) & (row < off + K)] - off
     bar.close()
     return out
 
@@ -155,18 +200,32 @@ def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[s
                    prompt_seconds: float | None = None, temperature: float = 0.8, top_k: int | None = 25,
                    max_new_tokens: int = 150, repetition_penalty: float | None = None, seed: int = 0,
                    num_samples: int = 1, vocoder: str | None = None, tokenizer: str | None = None,
-                   batch_size: int = 32, device: str | None = None) -> list[dict]:
+                   batch_size: int = 32, device: str | None = None, to: str = "speech",
+                   top_p: float | None = None) -> list[dict]:
     """Continue every prompt (audio files or folders, units dataset rows, or text for interleaved models),
     vocode prompt + continuation into `out` (OUT.<prompt>.<sample>.wav when there are several), write
-    OUT.units.jsonl beside it, print a summary; returns the records of OUT.units.jsonl."""
+    OUT.units.jsonl beside it, print a summary; returns the records of OUT.units.jsonl.
+
+    to="text" (interleaved models, speech prompts): continue in text instead; the continuations go to OUT
+    (one line each) and OUT.text.jsonl, and no vocoder is loaded."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if not prompt and not prompt_units and not prompt_text:
         raise SlamError("give a prompt: --prompt AUDIO, --prompt-units UNITS_DIR[:ID] or --prompt-text TEXT")
+    if to not in ("speech", "text"):
+        raise SlamError(f"--to {to!r}: expected speech or text")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise SlamError(f"--top-p {top_p}: must lie in (0, 1]")
     t0 = time.perf_counter()
     model, info = load_for_inference(model_dir, device=device)
     files = [f for p in prompt for f in _audio_files(Path(p))]
     tok = load_model_tokenizer(info, model_dir, tokenizer) if files or tokenizer else None
+    if to == "text":
+        return _generate_text_files(model, info, model_dir, out, tok, files, prompt_units, prompt_text,
+                                    prompt_seconds=prompt_seconds, temperature=temperature, top_k=top_k,
+                                    max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, seed=seed,
+                                    num_samples=num_samples, batch_size=batch_size, t0=t0, top_p=top_p)
     vocoder = load_vocoder(info, model_dir, vocoder, device=device)
+    require_published_units(vocoder, tok)
     names, units, durs, prompt_lengths = [], [], [], []
     if files:
         for f in files:
@@ -190,7 +249,7 @@ def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[s
     new = sample_units(model, info, units, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
                        num_samples=num_samples, batch_size=batch_size, progress=True,
-                       prefixes=prefixes)
+                       prefixes=prefixes, top_p=top_p)
     t_sample = time.perf_counter() - t1
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,6 +274,7 @@ def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[s
     n_new = len(records) * max_new_tokens
     print(f"Generated {len(records)} continuation(s) of {len(names)} prompt(s) "
           f"({sum(prompt_lengths):.1f} s of prompt audio) with temperature {temperature}, top-k {top_k}, "
+          f"top-p {top_p or 1.0}, "
           f"repetition penalty {repetition_penalty or 1.0}, seed {seed}: {n_new} units in "
           f"{t_sample:.1f} s ({n_new / max(t_sample, 1e-9):.0f} units/s), {gen_seconds:.1f} s of generated "
           f"speech; audio in {out if single else out.parent}, units in {jsonl} "
@@ -222,7 +282,37 @@ def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[s
     return records
 
 
-# --- interleaved models: text prompts ------------------------------------------------------------------------
+def _generate_text_files(model: Any, info: SlamInfo, model_dir: str | Path, out: str | Path, tok: Any,
+                         files: Sequence[Path], prompt_units: Sequence[str], prompt_text: Sequence[str], *,
+                         prompt_seconds: float | None, t0: float, **sampling: Any) -> list[dict]:
+    """`slam generate --to text`: speech prompts continued in text (interleaved models)."""
+    require_interleaved(info)
+    if prompt_text:
+        raise SlamError("--to text continues speech prompts; a text prompt is continued in text by any text LM")
+    names, units = [], []
+    for f in files:
+        wav = load_audio(f)
+        if prompt_seconds:
+            wav = wav[: int(prompt_seconds * 16000)]
+        names.append(f.stem), units.append(audio_to_units(tok, wav)[0])
+    for spec in prompt_units:
+        name, u, _ = _units_row(spec, info)
+        names.append(name), units.append(u)
+    texts = generate_text(model, info, model_text_tokenizer(info, model_dir), units, progress=True, **sampling)
+    records = [{"prompt": name, "sample": s, "seed": sampling.get("seed", 0), "prompt_units": units[i].tolist(),
+                "text": t} for i, name in enumerate(names) for s, t in enumerate(texts[i])]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(r["text"].replace("\n", " ") + "\n" for r in records))
+    jsonl = out.with_suffix(".text.jsonl")
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    print(f"Generated {len(records)} text continuation(s) of {len(names)} speech prompt(s) with temperature "
+          f"{sampling.get('temperature')}, top-k {sampling.get('top_k')}, seed {sampling.get('seed')}: text in "
+          f"{out}, records in {jsonl} ({time.perf_counter() - t0:.1f} s in all).")
+    return records
+
+
+# --- interleaved models: text prompts, text continuations ----------------------------------------------------
 def text_prompt_ids(info: SlamInfo, text_tokenizer: Any, text: str) -> np.ndarray:
     """`<s> <text> tokens <speech>`: a text prompt whose continuation is speech."""
     require_interleaved(info)
@@ -247,3 +337,25 @@ def generate_speech(model: Any, info: SlamInfo, text_tokenizer: Any = None, *,
     empty = [np.zeros(0, np.int64) for _ in prompt_text]
     return sample_units(model, info, empty, prefixes=prefixes, **sampling)
 
+
+
+def speech_prompt_ids(info: SlamInfo, units: Sequence[int]) -> np.ndarray:
+    """`<s> <speech> units <text>`: a speech prompt whose continuation is text."""
+    require_interleaved(info)
+    u = np.asarray(units, np.int64)
+    return np.r_[info.bos_id, info.speech_token_id, u + info.unit_offset, info.text_token_id].astype(np.int64)
+
+
+def generate_text(model: Any, info: SlamInfo, text_tokenizer: Any, prompt_units: Sequence[Sequence[int]],
+                  **sampling: Any) -> list[list[str]]:
+    """Text continuations of speech prompts (speech -> text, beside text -> speech in `generate_speech`):
+    `<s> <speech> units <text>`, then text ids only (the text tokenizer's entries; units and markers are
+    never drawn) until eos or max_new_tokens. Returns [prompt][sample] -> decoded text. Sampling arguments
+    as slam.generate.sample_units (temperature, top_k, max_new_tokens, seed, num_samples, ...)."""
+    require_interleaved(info)
+    if text_tokenizer is None:
+        raise SlamError("a text continuation needs the model's text tokenizer")
+    prefixes = [speech_prompt_ids(info, p) for p in prompt_units]
+    empty = [np.zeros(0, np.int64) for _ in prompt_units]
+    ids = sample_units(model, info, empty, prefixes=prefixes, candidates=text_targets(info), **sampling)
+    return [[text_tokenizer.decode(x.tolist(), skip_special_tokens=True) for x in row] for row in ids]

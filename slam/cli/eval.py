@@ -26,10 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a pairs benchmark (repeatable): ZeroSpeech sBLIMP/sWUGGY, sSC/tSC, slamkit folders, "
                         "salmon=PATH (all parts) or salmon/<part>=PATH; NAME defaults to the folder name")
     p.add_argument("--genppl", metavar="PROMPTS_DIR", default=None, help="prompt audio folder for GenPPL")
-    p.add_argument("--cross-modal", action="append", default=[], metavar="NAME=PAIRS_JSONL",
-                   help="interleaved models: story cloze across modalities from a TEXT pairs.jsonl (slam corpus "
-                        "bench/story or bench/topic): NAME-t2s (text prompt -> speech ending) and NAME-s2t "
-                        "(speech prompt -> text ending); prompts and endings are spoken with espeak-ng")
+    p.add_argument("--cross-modal", action="append", default=[], metavar="NAME=PATH",
+                   help="interleaved models: story cloze across modalities. PATH = a published cross-modal "
+                        "StoryCloze folder (<key>_{mutual,correct,incorrect}.{wav,txt}, or subfolders of them): "
+                        "NAME-t2t, NAME-t2s, NAME-s2t, NAME-s2s; or a TEXT pairs.jsonl (slam corpus bench/story): "
+                        "NAME-t2s and NAME-s2t, prompts and endings spoken with espeak-ng")
+    p.add_argument("--cross-modal-span", choices=["all", "ending"], default="all",
+                   help="published folders: score every token after <s> (slamkit) or only the ending")
     p.add_argument("--cross-modal-work", default=None, metavar="DIR",
                    help="where the cross-modal audio goes (default: OUT's folder/crossmodal-NAME; resumable)")
     p.add_argument("--cross-modal-n", type=int, default=None, help="use only the first N cross-modal pairs")
@@ -55,6 +58,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-lm", default=None, help="HF causal LM id or folder (default meta-llama/Llama-3.2-1B)")
     g.add_argument("--vocoder", default=None, help="hifigan | melinv | HiFi-GAN .pt or folder (default: by tokenizer)")
     g.add_argument("--gen-batch-size", type=int, default=32)
+    g.add_argument("--genppl-protocol", choices=["paper", "slam"], default="paper",
+                   help="paper: every choice as slamkit makes it (eos sampled, durations predicted, Whisper "
+                        "detects the language, transcripts unstripped, text LM float32, NLTK words for "
+                        "auto-BLEU); slam: 150 units always, the prompt's true timing, English, stripped, bf16 "
+                        "on CUDA, regex words (docs/evaluation.md)")
+    g.add_argument("--prompt-cut", choices=["seconds", "alignment"], default="seconds",
+                   help="cut prompts at --prompt-seconds, or at the aligned word end nearest it (<stem>.json)")
+    g.add_argument("--alignment-dir", default=None, help="folder of <stem>.json word alignments (default: beside)")
+    g.add_argument("--min-file-seconds", type=float, default=None, help="skip prompt files shorter than this")
+    j = p.add_argument_group("LLM-as-judge")
+    j.add_argument("--judge", default=None, metavar="MODEL",
+                   help="a local causal LM (hub id or folder) that scores each generated continuation")
+    j.add_argument("--judge-template", default=None, metavar="FILE",
+                   help="judge prompt template and score scale (JSON; default: slamkit's 1-5 instruction)")
+    j.add_argument("--judge-prompts", default=None, metavar="DIR",
+                   help="prompt audio for the judge (default: the --genppl folder)")
+    j.add_argument("--judge-n", type=int, default=None, help="judge only the first N prompt files")
 
 
 

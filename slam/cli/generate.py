@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="OUT.wav; with several outputs, OUT.<prompt>.<sample>.wav")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=25)
+    p.add_argument("--top-p", type=float, default=None,
+                   help="nucleus sampling: draw only from the most likely units whose probability sums to P "
+                        "(e.g. 0.9), after top-k; default: off")
     p.add_argument("--max-new-tokens", type=int, default=150, help="units to generate")
     p.add_argument("--repetition-penalty", type=float, default=None, help="e.g. 1.1 (the paper, after DPO)")
     p.add_argument("--seed", type=int, default=0)
@@ -36,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hifigan | melinv | a HiFi-GAN .pt file or folder (default: by the model's tokenizer)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer spec for a model whose slam.json names none (e.g. a published slamkit model)")
+    p.add_argument("--to", choices=["speech", "text"], default="speech",
+                   help="interleaved models: continue speech prompts in text (OUT gets the text, one line each)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 

@@ -1,5 +1,10 @@
-"""Story cloze across modalities for interleaved models: text prompt -> speech ending and speech prompt ->
-text ending, from a text pairs.jsonl, each prompt and ending spoken by the TTS once (resumable)."""
+"""Story cloze across modalities for interleaved models.
+
+    cross_modal_square(...)  the whole square (t2t, t2s, s2t, s2s) from a published cross-modal StoryCloze
+                             folder (slamkit / SIMS layout: `<key>_{mutual,correct,incorrect}.{wav,txt}`)
+    cross_modal_cloze(...)   t2s and s2t from a text pairs.jsonl, each prompt and ending spoken by the TTS
+                             once (resumable): for corpora that have no published recordings
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from slam.audio import load_audio
 from slam.errors import SlamError
 from slam.eval.pairs import accuracy, pair_outcome, score_sequences, tokenize_files
 from slam.synth.corpus import split_sentences
@@ -103,3 +109,133 @@ def cross_modal_cloze(model: Any, info: SlamInfo, text_tokenizer: Any, speech_to
     results["seconds"] = time.perf_counter() - t0
     return results
 
+
+
+# --- the published cross-modal StoryCloze layout (slamkit / SIMS) -------------------------------------------
+DIRECTIONS = ("t2t", "t2s", "s2t", "s2s")
+_ROLES = ("correct", "incorrect", "mutual")
+
+
+def is_cross_modal_folder(path: str | Path) -> bool:
+    """A folder of `<key>_correct.wav` files (or subfolders of them): the published cross-modal layout."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return any(path.glob("*_correct.wav")) or any(d.is_dir() and any(d.glob("*_correct.wav"))
+                                                     for d in path.iterdir())
+
+
+def read_cross_modal_folder(path: str | Path) -> list[dict[str, Any]]:
+    """Items of a published cross-modal StoryCloze folder, as slamkit's CrossModalMetricDataset reads it.
+
+    Each item `<key>` has six files: `<key>_mutual.{wav,txt}` (the shared prompt: the story without its
+    ending), `<key>_correct.{wav,txt}` and `<key>_incorrect.{wav,txt}` (the two endings). Items sit in the
+    folder itself or one level down in subfolders (slamkit's `subfolder: true` sets, e.g. cross_ms_tSC);
+    a subfolder's name is the item's group. Text files are read stripped. Sorted by (group, key) so that a
+    run does not depend on directory order; a missing file is an error naming it."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SlamError(f"{path}: not a folder")
+    flat = sorted(path.glob("*_correct.wav"))
+    sets = [(None, flat)] if flat else [(d.name, sorted(d.glob("*_correct.wav")))
+                                         for d in sorted(path.iterdir()) if d.is_dir()]
+    items = []
+    for group, positives in sets:
+        for pos in positives:
+            base = str(pos)[: -len("_correct.wav")]
+            files = {f"{r}_{ext}": Path(f"{base}_{r}.{ext}") for r in _ROLES for ext in ("wav", "txt")}
+            for name, f in files.items():
+                if not f.is_file():
+                    raise SlamError(f"{path}: {pos.name} has no {f.name} (each item needs _correct, _incorrect "
+                                    f"and _mutual, each as .wav and .txt)")
+            text = {r: files[f"{r}_txt"].read_text(encoding="utf-8").strip() for r in _ROLES}
+            items.append({"key": Path(base).name, "group": group, "wav": {r: files[f"{r}_wav"] for r in _ROLES},
+                          "text": text})
+    if not items:
+        raise SlamError(f"{path}: no `<key>_correct.wav` files here or one folder down (the published "
+                        f"cross-modal StoryCloze layout)")
+    return items
+
+
+def cross_modal_square(model: Any, info: SlamInfo, text_tokenizer: Any, speech_tokenizer: Any, folder: str | Path,
+                       *, directions: Sequence[str] = DIRECTIONS, n: int | None = None,
+                       cache_dir: str | Path | None = None, batch_tokens: int | None = None, score: str = "mean",
+                       span: str = "all", progress: bool = True) -> dict[str, Any]:
+    """Story cloze in all four directions from a published cross-modal folder (read_cross_modal_folder):
+
+        t2t  <s> <text> prompt+ending                  (slamkit joins the two texts as they are)
+        t2s  <s> <text> prompt <speech> ending-units
+        s2t  <s> <speech> prompt-units <text> ending
+        s2s  <s> <speech> units of prompt and ending spoken as one wave (concatenated, then tokenised)
+
+    span "all" scores as slamkit's cm_storycloze: the mean (or sum) NLL of every token after `<s>` over the
+    whole vocabulary, no eos appended (its text tokenizer adds none). span "ending" scores only the ending
+    (+ eos), with the softmax restricted to the ending's modality, like `cross_modal_cloze`. A pair is right
+    when the correct ending's sequence scores lower; ties 0.5. Returns {direction: result} in the shape of
+    slam.eval.pairs results, per-subfolder accuracies in `groups`."""
+    require_interleaved(info)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or span not in ("all", "ending"):
+        raise SlamError(f"cross-modal directions {bad or list(directions)} / span {span!r}: expected a subset of "
+                        f"{DIRECTIONS} and span 'all' or 'ending'")
+    t0 = time.perf_counter()
+    items = read_cross_modal_folder(folder)[:n]
+    dedup = bool(info.tokenizer.get("dedup", True)) if info.tokenizer else True
+    need_audio = any(d != "t2t" for d in directions)
+    units: dict[Path, np.ndarray] = {}
+    if need_audio:
+        separate = sorted({it["wav"][r] for it in items for r in _ROLES})
+        units = _units_of(separate, speech_tokenizer, dedup, cache_dir)
+
+    def joined_units(a: Path, b: Path) -> np.ndarray:
+        # slamkit concatenates the two waves and encodes them together (one dedup across the join)
+        frames = np.asarray(speech_tokenizer.encode(np.concatenate([load_audio(a), load_audio(b)])), np.int64)
+        return dedup_frames(frames)[0] if dedup else frames
+
+    def text_ids(s: str) -> np.ndarray:
+        return np.asarray(text_tokenizer(s, add_special_tokens=False)["input_ids"], np.int64)
+
+    B, E, S, T, off = info.bos_id, info.eos_id, info.speech_token_id, info.text_token_id, info.unit_offset
+    results: dict[str, Any] = {}
+    was_training = model.training
+    model.eval()
+    for direction in directions:
+        seqs, starts = [], []
+        for it in items:
+            prompt_t, prompt_w = it["text"]["mutual"], it["wav"]["mutual"]
+            for role in ("correct", "incorrect"):
+                end_t, end_w = it["text"][role], it["wav"][role]
+                if direction == "t2t":
+                    head, tail = np.r_[B, T], text_ids(prompt_t + end_t)
+                    if span == "ending":  # the ending's own tokens after the prompt's
+                        head, tail = np.r_[B, T, text_ids(prompt_t)], text_ids(" " + end_t)
+                elif direction == "t2s":
+                    head, tail = np.r_[B, T, text_ids(prompt_t), S], units[end_w] + off
+                elif direction == "s2t":
+                    head, tail = np.r_[B, S, units[prompt_w] + off, T], text_ids(end_t if span == "all" else " " + end_t)
+                else:
+                    if span == "all":
+                        head, tail = np.r_[B, S], joined_units(prompt_w, end_w) + off
+                    else:
+                        head, tail = np.r_[B, S, units[prompt_w] + off], units[end_w] + off
+                seq = np.r_[head, tail] if span == "all" else np.r_[head, tail, E]
+                seqs.append(seq.astype(np.int64))
+                starts.append(1 if span == "all" else len(head))
+        allowed = None
+        if span == "ending":
+            allowed = speech_targets(info) if direction in ("t2s", "s2s") else text_targets(info)
+        nll = score_sequences(model, seqs, score, batch_tokens=batch_tokens, pad_id=info.pad_id,
+                              allowed_ids=allowed, score_from=starts, progress=progress)
+        outcomes = [pair_outcome(nll[2 * i], nll[2 * i + 1]) for i in range(len(items))]
+        groups: dict[str, list[float]] = {}
+        for it, o in zip(items, outcomes):
+            if it["group"] is not None:
+                groups.setdefault(it["group"], []).append(o)
+        names = {"t": "text", "s": "speech"}
+        results[direction] = {"metric": "accuracy", "unit": "%", **accuracy(outcomes), "score": score, "span": span,
+                              "layout": f"cross-modal story cloze, published layout ({names[direction[0]]} prompt -> "
+                                        f"{names[direction[2]]} ending)",
+                              "path": str(folder), "groups": {g: accuracy(v) for g, v in sorted(groups.items())}}
+    model.train(was_training)
+    results["seconds"] = time.perf_counter() - t0
+    return results

@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import torch
 
 from slam.errors import SlamError
-from slam.eval.cross_modal import cross_modal_cloze
-from slam.eval.genppl import DEFAULT_ASR, DEFAULT_TEXT_LM, TextLM, WhisperASR, evaluate_genppl
+from slam.eval.cross_modal import DIRECTIONS, cross_modal_cloze, cross_modal_square, is_cross_modal_folder
+from slam.eval.genppl import build_genppl_parts, evaluate_genppl
+from slam.eval.judge import LocalJudge, evaluate_judge, load_template
 from slam.eval.layouts import expand_bench
 from slam.eval.pairs import default_cache_dir, evaluate_pairs
 from slam.model import load_for_inference, load_model_tokenizer
@@ -68,9 +69,13 @@ def table(metrics: dict[str, dict[str, Any]]) -> str:
             for g, gr in r.get("groups", {}).items():
                 rows.append((f"  {g}", _fmt(gr["value"]) + " %", f"[{_fmt(gr['ci95'][0])}, {_fmt(gr['ci95'][1])}]",
                              str(gr["n"]), ""))
+        elif r["metric"] == "judge":
+            rows.append((name, _fmt(r["value"]), ci, str(r["n"]),
+                         f"{r['judge']}, scale {r['scale'][0]}-{r['scale'][1]}, {r['n_unparsed']} unparsed"))
         else:
             rows.append((name, _fmt(r["value"]), ci, str(r["n"]),
-                         f"auto-BLEU {_fmt(r['auto_bleu'], 3)}, {r['n_empty']} empty"))
+                         f"auto-BLEU {_fmt(r['auto_bleu'], 3)}, {r['n_empty']} empty, {r['protocol']['name']} "
+                         f"protocol"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -84,22 +89,31 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
                    tokenizer: str | None = None, device: str | None = None, n_prompts: int = 1000,
                    prompt_seconds: float = 3.0, max_new_tokens: int = 150, temperature: float = 0.8,
                    top_k: int = 25, repetition_penalty: float | None = None, seed: int = 0, asr: str | None = None,
-                   text_lm: str | None = None, vocoder: str | None = None, gen_batch_size: int = 32) -> dict:
+                   text_lm: str | None = None, vocoder: str | None = None, gen_batch_size: int = 32,
+                   genppl_protocol: str = "paper", prompt_cut: str = "seconds", alignment_dir: str | None = None,
+                   min_file_seconds: float | None = None, judge: str | None = None,
+                   judge_template: str | None = None, judge_prompts: str | None = None,
+                   judge_n: int | None = None, cross_modal_span: str = "all") -> dict:
     """Every requested metric of one model (the options of `slam eval`, one keyword each); writes
     results.json (`out`), prints a table and a summary, and returns the results."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if not bench and not genppl and not cross_modal:
+    if not bench and not genppl and not cross_modal and not judge:
         raise SlamError("nothing to evaluate: give --bench NAME=PATH, --genppl PROMPTS_DIR and/or --cross-modal "
                         "NAME=PAIRS_JSONL")
     t0 = time.perf_counter()
     benches = [parse_bench(b) for b in bench]
     xmodal = [parse_bench(b) for b in cross_modal]
     for _, path in xmodal:
-        if not path.is_file():
-            raise SlamError(f"--cross-modal {path}: not a file (expected a text pairs.jsonl)")
+        if not path.is_file() and not is_cross_modal_folder(path):
+            raise SlamError(f"--cross-modal {path}: neither a text pairs.jsonl nor a folder in the published "
+                            f"cross-modal layout (<key>_correct/_incorrect/_mutual .wav + .txt)")
+    if judge and not (judge_prompts or genppl):
+        raise SlamError("--judge needs prompts: --judge-prompts DIR (or the --genppl folder)")
+    judge_t = load_template(judge_template) if judge else None
     read = [nb for n, p in benches for nb in expand_bench(n, p)]  # layout errors before any model loading
     names = [n for n, _ in read] + (["genppl"] if genppl else []) + \
-        [f"{n}-{d}" for n, _ in xmodal for d in ("t2s", "s2t")]
+        [f"{n}-{d}" for n, p in xmodal for d in (DIRECTIONS if p.is_dir() else ("t2s", "s2t"))] + \
+        (["judge"] if judge else [])
     if len(set(names)) != len(names):
         raise SlamError(f"benchmark names must be unique: {names}")
     model, info = load_for_inference(model_dir, device=device)
@@ -115,16 +129,24 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
         text_tok = model_text_tokenizer(info, model_dir)
         for name, path in xmodal:
             work = Path(cross_modal_work) if cross_modal_work else out.parent / f"crossmodal-{name}"
+            if path.is_dir():  # the published layout: all four directions from its own recordings
+                print(f"[{name}] cross-modal story cloze (t2t, t2s, s2t, s2s) from {path}")
+                r = cross_modal_square(model, info, text_tok, tokenizer, path, n=cross_modal_n, cache_dir=cache_dir,
+                                       batch_tokens=batch_tokens, score=score, span=cross_modal_span)
+                for d in DIRECTIONS:
+                    metrics[f"{name}-{d}"] = r[d]
+                continue
             print(f"[{name}] cross-modal story cloze from {path} (audio in {work})")
             r = cross_modal_cloze(model, info, text_tok, tokenizer, path, work, n=cross_modal_n,
                                   cache_dir=cache_dir, batch_tokens=batch_tokens, score=score)
             metrics[f"{name}-t2s"], metrics[f"{name}-s2t"] = r["t2s"], r["s2t"]
     if genppl:
         vocoder = load_vocoder(info, model_dir, vocoder, device=device)
-        asr = WhisperASR(asr or DEFAULT_ASR, device=device)
-        text_lm = TextLM(text_lm or DEFAULT_TEXT_LM, device=device)
-        r = evaluate_genppl(model, info, genppl, tokenizer=tokenizer, vocoder=vocoder, asr=asr, text_lm=text_lm,
-                            n_prompts=n_prompts, prompt_seconds=prompt_seconds,
+        asr_model, text_model = build_genppl_parts(genppl_protocol, asr, text_lm, device=device)
+        r = evaluate_genppl(model, info, genppl, tokenizer=tokenizer, vocoder=vocoder, asr=asr_model,
+                            text_lm=text_model, protocol=genppl_protocol, prompt_cut=prompt_cut,
+                            alignment_dir=alignment_dir, min_file_seconds=min_file_seconds,
+                            audio_dir=out.with_suffix(".genppl"), n_prompts=n_prompts, prompt_seconds=prompt_seconds,
                             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                             repetition_penalty=repetition_penalty, seed=seed,
                             batch_size=gen_batch_size,
@@ -134,7 +156,23 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
         transcripts.parent.mkdir(parents=True, exist_ok=True)
         transcripts.write_text("".join(json.dumps(s) + "\n" for s in samples))
         r["transcripts"] = transcripts.name
+        r["audio"] = out.with_suffix(".genppl").name + "/"
         metrics["genppl"] = r
+    if judge:
+        voc = vocoder if genppl else load_vocoder(info, model_dir, vocoder, device=device)
+        asr_j = asr_model if genppl else build_genppl_parts(genppl_protocol, asr, None, device=device, text_lm_too=False)[0]
+        jr = evaluate_judge(model, info, judge_prompts or genppl, tokenizer=tokenizer, vocoder=voc, asr=asr_j,
+                            judge=LocalJudge(judge, judge_t, device=device, seed=seed), protocol=genppl_protocol,
+                            n_prompts=judge_n, alignment_dir=alignment_dir, max_new_tokens=max_new_tokens,
+                            temperature=temperature, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+                            batch_size=gen_batch_size, dedup=bool(info.tokenizer.get("dedup", True)),
+                            audio_dir=out.with_suffix(".judge"))
+        samples = jr.pop("samples")
+        answers = out.with_suffix(".judge.jsonl")
+        answers.parent.mkdir(parents=True, exist_ok=True)
+        answers.write_text("".join(json.dumps(s) + "\n" for s in samples))
+        jr["answers"], jr["audio"] = answers.name, out.with_suffix(".judge").name + "/"
+        metrics["judge"] = jr
     results = {"model": {"path": str(Path(model_dir).resolve()), "hash": model_hash(model_dir),
                          "tokenizer_hash": tokenizer.hash, "n_units": info.n_units},
                "metrics": metrics, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
