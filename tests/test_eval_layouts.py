@@ -94,6 +94,10 @@ def test_lexical_all_and_invocab_hand_worked(tmp_path):
     assert r["invocab"]["value"] == pytest.approx(100 * (1 + 0.75 + 0) / 3) and r["invocab"]["n"] == 3
     assert {g: (v["value"], v["n"]) for g, v in r["groups"].items()} == {
         "oov": (pytest.approx(100 / 3), 1), "1-5": (100.0, 1), "6-20": (0.0, 1), ">100": (75.0, 1)}
+    rows[0]["frequency"] = ""  # a word without a count: the official scorer cannot band it (and fails)
+    zr_folder(folder, "lexical", rows)
+    with pytest.raises(SlamError, match="line 2: the word has no frequency"):
+        read_benchmark(folder)
 
 
 def test_gold_csv_out_of_published_order_is_refused(tmp_path):

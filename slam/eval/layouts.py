@@ -112,9 +112,10 @@ def _int_or_text(s: str) -> int | str:
     return int(s) if re.fullmatch(r"-?\d+", s) else s
 
 
-def _frequency(s: str, where: str) -> int | None:
+def _frequency(s: str, where: str) -> int:
     if s == "":
-        return None  # a nonword row, or a word without a count: outside every band, as pandas' NA
+        # the official scorer cannot band a word without a count (pandas.cut fails on NA), so it has no score
+        raise SlamError(f"{where}: the word has no frequency; the lexical scorer needs one on every word row")
     try:
         x = float(s)
     except ValueError:
@@ -124,8 +125,8 @@ def _frequency(s: str, where: str) -> int | None:
     return int(x)
 
 
-def _band(freq: int | None) -> str | None:
-    return None if freq is None else next((b for lo, hi, b in FREQ_BANDS if lo <= freq < hi), None)
+def _band(freq: int) -> str | None:
+    return next((b for lo, hi, b in FREQ_BANDS if lo <= freq < hi), None)  # negative: no band, as pandas.cut
 
 
 def read_zerospeech(folder: str | Path) -> Benchmark:

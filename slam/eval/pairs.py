@@ -214,7 +214,7 @@ def score_pairs(bench: Benchmark, nll: dict[Path, float]) -> dict[str, Any]:
               "n_comparisons": sum(len(p.positive) for p in bench.pairs)}
     if bench.layout == "zerospeech-lexical":
         # the leaderboard's lexical_invocab: the frequency bands except 'oov', weighted by their n = the mean
-        # over ids whose word has frequency >= 1 (ids without a frequency are in "all" only)
+        # over ids whose word has frequency >= 1
         result["invocab"] = accuracy([o for p, o in zip(bench.pairs, outcomes)
                                       if p.frequency is not None and p.frequency >= 1])
     return result
