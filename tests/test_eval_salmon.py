@@ -8,10 +8,10 @@ import json
 import pytest
 
 from eval_helpers import mel_model_folder, salmon_folder, write_wav, zr_folder
+from slam.cli import main
 from slam.errors import SlamError
 from slam.eval.layouts import expand_bench, read_benchmark
 from slam.eval.pairs import score_pairs
-from slam.eval.run import evaluate_model
 from slam.eval.salmon import PARTS
 
 
@@ -77,8 +77,9 @@ def test_slam_eval_runs_every_benchmark_into_one_results_json(tmp_path, capsys):
         (root / "rir_consistency" / f"sample_{i}_1.wav").write_bytes(
             (root / "rir_consistency" / f"sample_{i}_0.wav").read_bytes())
     out = tmp_path / "results.json"
-    evaluate_model(model_dir, bench=[f"sblimp={syn}", f"swuggy={lex}", f"ssc={ssc}", f"tsc={tsc}",
-                                     f"salmon={root}"], out=out, device="cpu", no_cache=True)
+    assert main(["eval", str(model_dir), "--bench", f"sblimp={syn}", "--bench", f"swuggy={lex}", "--bench",
+                 f"ssc={ssc}", "--bench", f"tsc={tsc}", "--bench", f"salmon={root}", "--out", str(out),
+                 "--device", "cpu", "--no-cache"]) == 0
     m = json.loads(out.read_text())["metrics"]
     assert set(m) == {"sblimp", "swuggy", "ssc", "tsc"} | {f"salmon/{p}" for p in PARTS}
     assert (m["sblimp"]["n"], m["sblimp"]["n_comparisons"], m["swuggy"]["n"]) == (2, 3, 3)
@@ -89,3 +90,8 @@ def test_slam_eval_runs_every_benchmark_into_one_results_json(tmp_path, capsys):
         assert 0 <= r["ci95"][0] <= r["value"] <= r["ci95"][1] <= 100
     table = capsys.readouterr().out
     assert "salmon/speaker_consistency" in table and "in-vocab" in table
+    test = tmp_path / "zr" / "lexical" / "test"  # the ZeroSpeech test split comes without gold.csv
+    write_wav(test / "aBcDeFgHiJk.wav", 0.1, seed=1)
+    assert main(["eval", str(model_dir), "--bench", f"t={test}", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs its gold.csv" in err and "SALMon" in err
