@@ -343,6 +343,12 @@ def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
     return folder
 
 
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.npz", "text_tokenizer/*", "hubert/*")
+"""What a slam model folder holds and a hub download fetches (`slam push` uploads the same): the HF config
+and safetensors weights, slam.json, the tokenizer's embedded k-means (tokenizer-kmeans.npz), an interleaved
+model's text tokenizer and a copied local HuBERT; never a pickle."""
+
+
 def _resolve_folder(src: str | Path) -> Path:
     p = Path(src)
     if p.is_dir():
@@ -352,7 +358,7 @@ def _resolve_folder(src: str | Path) -> Path:
     from huggingface_hub import snapshot_download  # a hub id such as slprl/slam
 
     try:
-        return Path(snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(str(src), allow_patterns=list(MODEL_FILE_PATTERNS)))
     except Exception as e:  # offline, unknown repo, ...: one clear line
         raise SlamError(f"{src!r} is not a local folder and could not be fetched from the hub: {e}") from e
 

@@ -19,7 +19,7 @@ LAYERS: dict[str, int] = {
     "slam.tokens": 1, "slam.text": 1,
     "slam.audio": 2, "slam.units": 2, "slam.synth": 2,
     "slam.attention": 3, "slam.model": 3, "slam.data": 3, "slam.vocoder": 3,
-    "slam.generate": 4, "slam.eval": 4, "slam.prefs": 4, "slam.train": 4,
+    "slam.generate": 4, "slam.eval": 4, "slam.prefs": 4, "slam.train": 4, "slam.push": 4,
     "slam.demo": 5,
     "slam.cli": 6,
 }

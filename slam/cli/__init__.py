@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("slam.cli.eval", "Score a model on sBLIMP / sWUGGY / sSC / tSC pairs and GenPPL."),
     "generate": ("slam.cli.generate", "Continue a spoken (or text) prompt and vocode the result."),
     "convert": ("slam.cli.convert", "Convert a published slamkit checkpoint into a slam model folder."),
+    "import-slamkit": ("slam.cli.import_slamkit", "Import slamkit's features/tokens or preference jsonl files."),
+    "push": ("slam.cli.push", "Upload a model folder to the Hugging Face hub with a generated model card."),
     "demo": ("slam.cli.demo", "Run the whole recipe in miniature, end to end on a CPU."),
     "report": ("slam.cli.report", "Write the report of a demo folder (markdown, HTML and plots)."),
     "text-tokenizer": ("slam.cli.text_tokenizer", "Fit a word-level text tokenizer (the demo's text LM)."),

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cross-modal-work", default=None, metavar="DIR",
                    help="where the cross-modal audio goes (default: OUT's folder/crossmodal-NAME; resumable)")
     p.add_argument("--cross-modal-n", type=int, default=None, help="use only the first N cross-modal pairs")
-    p.add_argument("--out", default=None, help="results.json (default: MODEL_DIR/eval-results.json)")
+    p.add_argument("--out", default=None, help="results.json (default: eval-results/<model>.json in the current "
+                                               "folder, never inside the model's folder unless named here)")
     p.add_argument("--score", choices=["mean", "sum"], default="mean",
                    help="utterance score: mean token NLL (published) or the sum")
     p.add_argument("--batch-tokens", type=int, default=None,

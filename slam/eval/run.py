@@ -42,6 +42,13 @@ def model_hash(folder: str | Path) -> str | None:
     return hash_files(files, root=folder)
 
 
+def default_results_name(model_dir: str | Path) -> str:
+    """runs/slam/final -> slam-final, slprl/slam -> slprl-slam: the model's last two path parts."""
+    p = Path(str(model_dir))
+    parts = (p.resolve().parts if p.exists() else p.parts)[-2:]
+    return "-".join(x.strip("/") for x in parts if x.strip("/")) or "model"
+
+
 def parse_bench(spec: str) -> tuple[str, Path]:
     name, eq, path = spec.partition("=")
     if not eq:
@@ -124,7 +131,9 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
         print(f"[{name}] {bench.layout}: {len(bench.pairs)} pairs, {len(bench.files())} files from {bench.path}")
         metrics[name] = evaluate_pairs(model, info, bench, tokenizer=tokenizer, score=score,
                                        batch_tokens=batch_tokens, cache_dir=cache_dir)
-    out = Path(out) if out else Path(model_dir) / "eval-results.json"
+    # by default never into the model's folder (a hub download's cache, a published model): results go to
+    # ./eval-results/<model>.json; `--out MODEL_DIR/results.json` puts them beside the model when asked
+    out = Path(out) if out else Path("eval-results") / f"{default_results_name(model_dir)}.json"
     if xmodal:
         text_tok = model_text_tokenizer(info, model_dir)
         for name, path in xmodal:
