@@ -158,8 +158,8 @@ def read_zerospeech(folder: str | Path) -> Benchmark:
     units: dict[tuple, Pair] = {}
     for (lg, g), (lb, b) in zip(good, bad):
         if key(g) != key(b):
-            # the official scorer pairs by position and keeps the correct row's id; in the published files
-            # the k-th pair always shares it, so a mismatch means a re-sorted or edited gold.csv
+            # the official scorer pairs by position, keeps the correct row's id and never looks at the other
+            # row's: rows of two items would compare unrelated recordings, so refuse (a re-sorted gold.csv)
             raise SlamError(f"{folder}/gold.csv: line {lg} (correct) and line {lb} (incorrect) are the same "
                             f"positional pair but differ in {'id' if lexical else '(type, subtype, id)'}: "
                             f"{key(g)} vs {key(b)}; keep the rows in the published order")
