@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "slam"
 
 # Module (or package prefix) -> layer. Lower layers never import higher ones; the longest prefix wins.
 LAYERS: dict[str, int] = {
-    "slam": 0, "slam.errors": 0, "slam.utils": 0, "slam.config": 0,
+    "slam": 0, "slam.errors": 0, "slam.utils": 0, "slam.config": 0, "slam.tracking": 0,
     "slam.tokens": 1, "slam.text": 1,
     "slam.audio": 2, "slam.units": 2, "slam.synth": 2,
     "slam.attention": 3, "slam.model": 3, "slam.data": 3, "slam.vocoder": 3,

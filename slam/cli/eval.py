@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer spec for a model whose slam.json names none (e.g. a published slamkit model)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--wandb", default=None, metavar="PROJECT",
+                   help="also log the metrics and generated audio to this W&B project (pip install 'slam[wandb]')")
     g = p.add_argument_group("GenPPL")
     g.add_argument("--n-prompts", type=int, default=1000)
     g.add_argument("--prompt-seconds", type=float, default=3.0)

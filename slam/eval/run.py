@@ -28,6 +28,7 @@ from slam.eval.judge import LocalJudge, evaluate_judge, load_template
 from slam.eval.layouts import expand_bench
 from slam.eval.pairs import default_cache_dir, evaluate_pairs
 from slam.model import load_for_inference, load_model_tokenizer
+from slam.tracking import log_eval
 from slam.text import model_text_tokenizer
 from slam.utils import atomic_write_json, hash_files, provenance
 from slam.vocoder import load_vocoder
@@ -100,7 +101,7 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
                    genppl_protocol: str = "paper", prompt_cut: str = "seconds", alignment_dir: str | None = None,
                    min_file_seconds: float | None = None, judge: str | None = None,
                    judge_template: str | None = None, judge_prompts: str | None = None,
-                   judge_n: int | None = None, cross_modal_span: str = "all") -> dict:
+                   judge_n: int | None = None, cross_modal_span: str = "all", wandb: str | None = None) -> dict:
     """Every requested metric of one model (the options of `slam eval`, one keyword each); writes
     results.json (`out`), prints a table and a summary, and returns the results."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -187,6 +188,8 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
                "metrics": metrics, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                "provenance": provenance()}
     atomic_write_json(out, results)
+    if wandb:  # optional extra: metrics with their CIs and the generated audio, beside TensorBoard-free eval
+        log_eval(wandb, results, out, [out.with_suffix(".genppl"), out.with_suffix(".judge")])
     print(table(metrics))
     parts = [f"{n} {_fmt(r['value'])}{' %' if r['metric'] == 'accuracy' else ''} (n={r['n']})"
              for n, r in metrics.items()]

@@ -228,6 +228,19 @@ class Dist:
 
 
 @dataclass
+class Wandb:
+    project: str | None = None
+    """Weights & Biases project: set it to log every metrics line there too (needs `pip install
+    'slam[wandb]'`; WANDB_MODE=offline works without network); null = TensorBoard and metrics.jsonl only."""
+    entity: str | None = None
+    """W&B team or user (null = your default)."""
+    name: str | None = None
+    """W&B run name (null = the run folder's name)."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+
+
+@dataclass
 class RunConfig:
     """What every training stage shares (pre-training and DPO): the run folder, seed, precision, logging and
     the optimiser, schedule, budget, evaluation, checkpoint and distribution sections."""
@@ -257,6 +270,7 @@ class RunConfig:
     eval: Eval = field(default_factory=Eval)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     dist: Dist = field(default_factory=Dist)
+    wandb: Wandb = field(default_factory=Wandb)
 
     def __post_init__(self) -> None:
         check(bool(self.out), "out", "must name a run folder")

@@ -5,6 +5,7 @@
       provenance.json    git SHA, library versions, device (one entry per start: resumes append)
       metrics.jsonl      one JSON object per line: {"kind": "train"|"val"|"event", "step", ...}
       events.out.tfevents.*   the same scalars for TensorBoard
+      wandb/, wandb-run-id  with `wandb.project` set (optional extra slam[wandb]): the same scalars in W&B
       loss.png           train and validation loss against steps and FLOPs
       checkpoints/step-N/   (slam.train.checkpoint)
       final/             a model folder (slam.model.save_model)
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from slam.config import to_dict
+from slam.tracking import WandbLogger
 from slam.utils import atomic_write_json, atomic_write_text, provenance, read_jsonl
 
 
@@ -31,6 +33,7 @@ class Run:
         self.folder = Path(folder)
         self.main = main
         self._tb = None
+        self._wandb: WandbLogger | None = None
         self._metrics = None
         if main:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -49,8 +52,16 @@ class Run:
         return self.folder / "final"
 
     def write_config(self, cfg: Any) -> None:
-        if self.main:
-            atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        """config.yaml; with `wandb.project` set, also starts (or, on resume, continues) the W&B run, the
+        resolved recipe as its config."""
+        if not self.main:
+            return
+        atomic_write_text(self.folder / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        wb = getattr(cfg, "wandb", None)
+        if wb is not None and wb.project and self._wandb is None:
+            self._wandb = WandbLogger(wb.project, self.folder, to_dict(cfg), entity=wb.entity,
+                                      name=wb.name or self.folder.name, tags=list(wb.tags) or None,
+                                      job_type="dpo" if hasattr(cfg, "dpo") else "train")
 
     def write_provenance(self, extra: dict[str, Any] | None = None) -> None:
         if not self.main:
@@ -70,6 +81,8 @@ class Run:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
                     self._tb.add_scalar(f"{kind}/{k}", v, step)
+        if self._wandb is not None:
+            self._wandb.log(kind, step, values)
 
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.folder)
@@ -120,6 +133,9 @@ class Run:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
