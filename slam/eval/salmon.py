@@ -4,13 +4,13 @@
     samples = read_part(folder)                                  # [(i, positive.wav, negative.wav)]
 
 Released layout: `<root>/<part>/sample_<i>_<j>.wav`, one folder per part. The files of sample i, sorted as
-strings, are (positive, negative): `sample_<i>_0.wav` is the original, `sample_<i>_1.wav` the edited one. The
+strings, are (positive, negative): `sample_<i>_0.wav` is the consistent (or aligned) one. The
 official `salmon.py` and slamkit's `SalmonDataset` both read it this way and compare the two likelihoods, a tie
 counting 0.5; the number of a part is the mean over its samples (no average over parts is published).
 
 A sample with one file, or with more than two, is refused: the official scorer cannot unpack it (it zips
 each sample into exactly one positive and one negative) and slamkit would fail on one file or silently drop
-the third, so neither publishes a number for such a folder.
+the third.
 """
 
 from __future__ import annotations
@@ -24,11 +24,6 @@ from slam.errors import SlamError
 # In the order of slamkit's `parts=['all']` and the official `-p all`.
 PARTS = ("bg_alignment", "bg_all_consistency", "bg_domain_consistency", "gender_consistency",
          "rir_consistency", "sentiment_alignment", "sentiment_consistency", "speaker_consistency")
-# Column names of the SALMon leaderboard (README of slp-rl/salmon), for tables and docs.
-TITLES = {"sentiment_consistency": "Sentiment Consistency", "speaker_consistency": "Speaker Consistency",
-          "gender_consistency": "Gender Consistency", "bg_domain_consistency": "Background Consistency (In-Domain)",
-          "bg_all_consistency": "Background Consistency (Random)", "rir_consistency": "Room Consistency",
-          "sentiment_alignment": "Sentiment Alignment", "bg_alignment": "Background Alignment"}
 SAMPLE = re.compile(r"^sample_(\d+)_(\d+)\.wav$")
 
 
