@@ -27,6 +27,7 @@ rejected = a wrong ending) or any jsonl with id/prompt/chosen/rejected text.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from slam.model import load_model_tokenizer
 from slam.synth.tts import read_jsonl, synthesize_pairs
 from slam.tokens import SlamInfo
 from slam.units.dataset import iter_rows, read_meta
+from slam.units.hf import hub_offline_reason
 from slam.units.tokenize import tokenize_audio
 from slam.units.tokenizer import load_tokenizer, tokenize
 from slam.utils import atomic_write_json, atomic_write_text
@@ -201,6 +203,104 @@ def filter_auto_bleu(rows: list[dict], threshold: float | None = AUTO_BLEU_MAX) 
     return kept, dropped
 
 
+# --- SWAG -> text triples (SpokenSwag's construction) ---------------------------------------------------------
+SWAG_COLUMNS = ("sent1", "sent2", "ending0", "ending1", "ending2", "ending3", "label")
+"""Columns of the published SWAG files (rowanz/swagaf data/{train,val}.csv: an unnamed index, video-id,
+fold-ind, startphrase, sent1, sent2, gold-source, ending0-3, label) and of the hub's `allenai/swag` (regular)."""
+
+
+def is_swag(source: str | Path) -> bool:
+    """A SWAG file (.csv in the published layout, or .jsonl / .parquet with its columns) or `hf:ORG/NAME[@split]`."""
+    s = str(source)
+    if s.startswith("hf:"):
+        return True
+    p = Path(s)
+    if p.suffix.lower() == ".csv":
+        return True
+    if p.suffix.lower() == ".parquet" and p.is_file():
+        import pyarrow.parquet as pq
+
+        return set(SWAG_COLUMNS) <= set(pq.read_schema(p).names)
+    if p.suffix.lower() == ".jsonl" and p.is_file():
+        with open(p, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+        try:
+            return isinstance(json.loads(first), dict) and set(SWAG_COLUMNS) <= set(json.loads(first))
+        except ValueError:
+            return False
+    return False
+
+
+def _swag_rows(source: str | Path) -> list[dict]:
+    s = str(source)
+    if s.startswith("hf:"):
+        name, _, split = s[3:].partition("@")
+        why = hub_offline_reason()
+        if why:
+            raise SlamError(f"{s}: reading SWAG from the hub needs the network ({why}); give the published "
+                            f"train.csv (github.com/rowanz/swagaf, data/) instead")
+        try:
+            import datasets  # optional extra: only the hub path needs it
+        except ImportError:
+            raise SlamError(f"{s}: reading a hub dataset needs `datasets`: pip install 'slam[datasets]'") from None
+        repo, _, config = name.partition(":")
+        try:
+            ds = datasets.load_dataset(repo, config or "regular", split=split or "train")
+        except Exception as e:  # the hub's own errors: one line
+            raise SlamError(f"{s}: cannot load ({type(e).__name__}: {e})") from None
+        return [dict(r) for r in ds]
+    p = Path(s)
+    if not p.is_file():
+        raise SlamError(f"SWAG file {s!r} does not exist")
+    if p.suffix.lower() == ".csv":
+        import csv
+
+        try:
+            with open(p, newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f))
+        except UnicodeDecodeError as e:
+            raise SlamError(f"{p}: not UTF-8 text ({e.reason})") from None
+    if p.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(p).to_pylist()
+    return read_jsonl(p)
+
+
+def swag_triples(source: str | Path, limit: int | None = None) -> list[dict]:
+    """SWAG rows -> text triples as SpokenSwag builds them: prompt = the context's first sentence (sent1),
+    chosen = the second sentence's start (sent2) + the gold ending, rejected = sent2 + one wrong ending (chosen
+    by a hash of the row id, so the same on every run). Ids are `swag-<row>` (the file's index column when it
+    has one). Rows without a gold label (SWAG's test split) stop the build."""
+    rows = _swag_rows(source)
+    if not rows:
+        raise SlamError(f"{source}: holds no SWAG rows")
+    missing = [c for c in SWAG_COLUMNS if c not in rows[0]]
+    if missing:
+        raise SlamError(f"{source}: not the SWAG layout (missing columns {', '.join(missing)}; expected "
+                        f"{', '.join(SWAG_COLUMNS)})")
+    out = []
+    for n, r in enumerate(rows):
+        index = r.get("") or r.get("Unnamed: 0") or r.get("__index_level_0__")
+        rid = f"swag-{index if index not in (None, '') else n}"
+        try:
+            gold = int(r["label"])
+        except (TypeError, ValueError):
+            gold = -1
+        if not 0 <= gold <= 3:
+            raise SlamError(f"{source}: row {n + 1} has no gold label ({r.get('label')!r}); SWAG's test split "
+                            f"is unlabelled, use train or val")
+        endings = [str(r[f"ending{k}"]).strip() for k in range(4)]
+        wrong = [e for k, e in enumerate(endings) if k != gold]
+        pick = int.from_bytes(hashlib.blake2b(rid.encode(), digest_size=4).digest(), "little") % len(wrong)
+        sent1, sent2 = str(r["sent1"]).strip(), str(r["sent2"]).strip()
+        out.append({"id": rid, "prompt": sent1, "chosen": f"{sent2} {endings[gold]}".strip(),
+                    "rejected": f"{sent2} {wrong[pick]}".strip()})
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
 # --- the SpokenSwag-style builder -----------------------------------------------------------------------------
 def _read_text_triples(path: Path, limit: int | None) -> list[dict]:
     if not path.exists():
@@ -227,6 +327,9 @@ def build_spoken_prefs(text_jsonl: str | Path, out_dir: str | Path, model_dir: s
                        limit: int | None = None, device: str | None = None, progress: bool = True) -> dict:
     """Text triples -> auto-BLEU filter -> TTS -> units with the policy model's tokenizer. Resumable.
 
+    `text_jsonl` is a jsonl of id/prompt/chosen/rejected text, or SWAG itself (the published csv, a jsonl or
+    parquet with its columns, or `hf:allenai/swag[@split]`), turned into triples by `swag_triples`.
+
         OUT/text/prefs.jsonl      the kept text triples        OUT/text/dropped.jsonl   the filtered ones + score
         OUT/audio/                wavs, manifest.jsonl and prefs.jsonl (audio paths; also readable by slam dpo)
         OUT/units/                the units dataset (ids <pair>-prompt|chosen|rejected): data.train of slam dpo
@@ -236,7 +339,7 @@ def build_spoken_prefs(text_jsonl: str | Path, out_dir: str | Path, model_dir: s
     does not carry one; when both are given their hashes must agree.
     """
     out = Path(out_dir)
-    rows = _read_text_triples(Path(text_jsonl), limit)
+    rows = swag_triples(text_jsonl, limit) if is_swag(text_jsonl) else _read_text_triples(Path(text_jsonl), limit)
     kept, dropped = filter_auto_bleu(rows, max_auto_bleu)
     if not kept:
         raise SlamError(f"{text_jsonl}: every pair was dropped by the auto-BLEU filter (>= {max_auto_bleu})")
