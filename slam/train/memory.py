@@ -275,6 +275,8 @@ def plan_for_run(cfg: Any, model: Any, env: Any, mfu: float = DEFAULT_MFU) -> st
     kw = dict(precision=precision, attention=attention, optimizer=cfg.optim.name, world=env.world,
               strategy=cfg.dist.strategy)
     total, name = device_memory(env.device)
+    if total is not None and not cuda:  # the processes of a CPU run share the host's RAM
+        total //= int(os.environ.get("LOCAL_WORLD_SIZE", env.world))
     per_process = cfg.batch.size // env.world
     if total is not None:
         pred = check_micro(shape, cfg.batch.micro, cfg.data.context, total, name, divides=per_process, **kw)
