@@ -11,14 +11,28 @@ words per minute; espeak's default rate is 175). Variants are the files of espea
 m1-m8, ...). The engine speaks at 22050 Hz; output is resampled to 16 kHz mono float32 with soxr.
 
 espeak-ng keeps global state, so there is one engine per process: workers are processes, never threads.
+
+Reproducibility: an utterance's audio depends only on its text, voice and settings. The engine does not
+start each utterance afresh: its wave generator keeps the glottal cycle's phase, the pitch flutter index and
+the echo buffer from the previous utterance, and 1.51 draws noise from libc's rand(). The same sentence
+spoken twice in one process came out 55,544 then 55,554 samples long (en-us@170, the test sentence of
+tests/test_synth.py), so audio depended on what the worker had spoken before, i.e. on the worker count and
+on where a resumed run restarted. None of that state is reachable through the library's API, and
+espeak_Terminate + espeak_Initialize hangs on the second utterance. So each utterance is spoken in a child
+forked from the process's engine right after espeak_Initialize, which has never spoken: every utterance
+starts from the same state, and libc's rand() is reseeded in the child. Cost: 7 ms -> 20 ms per sentence
+(bench: a 13-word sentence, 2 busy cores), most of it fork + exit of the Python process.
 """
 
 from __future__ import annotations
 
 import ctypes
+import array
 import ctypes.util
 import os
 import re
+import signal
+import struct
 
 import numpy as np
 import soxr
@@ -138,7 +152,7 @@ class EspeakBackend:
 
     def _on_audio(self, wav, n, events) -> int:
         if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+            self._chunks.append(ctypes.string_at(wav, 2 * n))  # int16 samples, as bytes (no numpy in the child)
         i = 0
         while events[i].type != _EVENT_LIST_TERMINATED:
             if events[i].type == _EVENT_WORD:
@@ -146,7 +160,8 @@ class EspeakBackend:
             i += 1
         return 0
 
-    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+    def _speak_here(self, text: str, voice: str) -> tuple[bytes, list[tuple[int, int]]]:
+        """Run the engine in this process: raw 22.05 kHz int16 bytes and (text position, sample) word events."""
         self.set_voice(voice)
         self._lib.espeak_SetSynthCallback(self._callback)  # this instance's, should another one exist
         self._chunks, self._events = [], []
@@ -154,11 +169,92 @@ class EspeakBackend:
         err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != 0:
             raise SlamError(f"espeak-ng failed on this text (error {err})")
-        raw = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        audio = soxr.resample(raw.astype(np.float32) / 32768.0, self.engine_rate, self.sample_rate)
+        return b"".join(self._chunks), self._events
+
+    def _speak_in_child(self, text: str, voice: str) -> tuple[bytes, list[tuple[int, int]]]:
+        """`_speak_here` in a child forked from this never-speaking engine (see the module docstring).
+
+        Reply on a pipe: status byte (0 ok, 1 SlamError, 2 other error), then for 0 the sample byte count,
+        the event count, the events (int32 pairs) and the samples; for 1/2 the message. A child that ends
+        without a full reply (killed: out of memory, a signal) raises ChildProcessError, an environment
+        error, never a property of the text. A failing os.pipe/os.fork (EMFILE, EAGAIN) raises OSError."""
+        parent = os.getpid()
+        r, w = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:  # the child: never returns, never raises, prints nothing
+            status = 3
+            try:
+                os.close(r)
+                _die_with_parent(parent)
+                _libc_srand(1)
+                EspeakBackend._engine_voice = None
+                try:
+                    raw, events = self._speak_here(text, voice)
+                    ev = array.array("i", [x for pair in events for x in pair]).tobytes()
+                    reply = b"\0" + struct.pack("<QQ", len(raw), len(events)) + ev + raw
+                except SlamError as e:
+                    reply = b"\1" + str(e).encode()
+                except Exception as e:  # noqa: BLE001 - handed to the parent as text
+                    reply = b"\2" + f"{type(e).__name__}: {e}".encode()
+                view = memoryview(reply)
+                while view:
+                    view = view[os.write(w, view):]
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(w)
+        parts = []
+        try:
+            while chunk := os.read(r, 1 << 20):
+                parts.append(chunk)
+        finally:
+            os.close(r)
+            _, code = os.waitpid(pid, 0)
+        reply = b"".join(parts)
+        if code != 0 or not reply:
+            how = f"signal {os.WTERMSIG(code)}" if os.WIFSIGNALED(code) else f"exit code {os.waitstatus_to_exitcode(code)}"
+            raise ChildProcessError(f"the espeak-ng child process ended without audio ({how}; out of memory?)")
+        if reply[:1] == b"\1":
+            raise SlamError(reply[1:].decode(errors="replace"))
+        if reply[:1] == b"\2":
+            raise RuntimeError(reply[1:].decode(errors="replace"))
+        n_raw, n_ev = struct.unpack("<QQ", reply[1:17])
+        ev = array.array("i", reply[17:17 + 8 * n_ev])
+        raw = reply[17 + 8 * n_ev:]
+        if len(raw) != n_raw:
+            raise ChildProcessError(f"the espeak-ng child process sent {len(raw)} of {n_raw} audio bytes")
+        return raw, list(zip(ev[0::2], ev[1::2]))
+
+    def synthesize(self, text: str, voice: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+        parse_voice(voice)  # a malformed voice is refused here, without a child
+        raw, events = self._speak_in_child(text, voice)
+        pcm = np.frombuffer(raw, np.int16)
+        audio = soxr.resample(pcm.astype(np.float32) / 32768.0, self.engine_rate, self.sample_rate)
         audio = np.clip(audio, -1.0, 1.0).astype(np.float32)
-        starts = [(pos, sample / self.engine_rate) for pos, sample in self._events]
+        starts = [(pos, sample / self.engine_rate) for pos, sample in events]
         return audio, word_times(text, starts, audio, self.sample_rate)
+
+
+def _libc_srand(seed: int) -> None:
+    """espeak-ng 1.51 draws noise from libc's rand() (1.52 has its own generator, seeded per utterance)."""
+    ctypes.CDLL(None).srand(ctypes.c_uint(seed))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent ends (Linux prctl PR_SET_PDEATHSIG), so a
+    killed run leaves no helper running and none prints a BrokenPipe traceback. If the parent ended before
+    the prctl, end now. Elsewhere the helper notices the parent's end at its next read/write instead."""
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr: int) -> list[tuple[str, float, float]]:

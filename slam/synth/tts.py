@@ -18,20 +18,32 @@ restart a cut last line is dropped, ids already in the manifest or rejects are s
 redone: a wav written just before a kill without its manifest line is simply rewritten, so nothing is
 lost and no id is listed twice. Rejects are not retried; delete rejects.jsonl to retry them. An id found
 there with another text or voice than now stops the run (audio is never reused for changed input).
+
+Environment errors are not rejects: a full disk, an I/O error, too many open files (any OSError), memory
+exhaustion or a worker process that dies stop the whole job with one line saying what happened, and the
+utterance is recorded nowhere, so the rerun (after freeing space, ...) retries everything not written.
+Reject rows that earlier versions wrote for such errors (reason "OSError: ...") are retried too. A reject
+is only what the text/voice itself caused (empty text, no audio, a backend refusing the text).
+
+Workers are spawned processes that the kernel kills when the parent dies (PR_SET_PDEATHSIG) and that
+ignore Ctrl-C (the parent stops them): after a kill nothing keeps running and nothing prints a traceback.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib
 import io
 import json
 import multiprocessing as mp
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from multiprocessing.connection import wait as wait_for
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 import soundfile as sf
@@ -86,8 +98,13 @@ def read_text(path: str | Path, voices: list[str]) -> list[Utterance]:
     if not voices:
         raise SlamError("no voices given")
     items: list[Utterance] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise SlamError(f"{path}:{line}: not UTF-8 text (byte {e.object[e.start]:#x}); save the file as UTF-8") from None
     if path.suffix == ".jsonl":
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -97,7 +114,7 @@ def read_text(path: str | Path, voices: list[str]) -> list[Utterance]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise SlamError(f"{path}:{n}: expected a JSON object with id and text ({e})") from e
     else:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if line.strip():
                 items.append(Utterance(f"{n:07d}", line.strip(), voices[(n - 1) % len(voices)]))
     return items
@@ -113,8 +130,15 @@ def _init_worker(backend: str) -> None:
     _backend = load_backend(backend)
 
 
+def _is_environment_error(e: BaseException) -> bool:
+    """Errors of the machine, not of the utterance: any OSError (ENOSPC, EIO, EMFILE, EACCES on the output,
+    a dead helper process: ChildProcessError) or MemoryError."""
+    return isinstance(e, (OSError, MemoryError))
+
+
 def _speak(job: tuple[Utterance, str]) -> dict:
-    """Synthesise one utterance and write its wav; returns its manifest row or its reject row."""
+    """Synthesise one utterance and write its wav; returns its manifest row, its reject row, or for an
+    environment error a row with "fatal" (never written anywhere: the job stops and a rerun retries it)."""
     u, out_dir = job
     try:
         if not u.text.strip():
@@ -128,8 +152,98 @@ def _speak(job: tuple[Utterance, str]) -> dict:
         atomic_write_bytes(Path(out_dir) / rel, buf.getvalue())
         return {"id": u.id, "audio": rel, "text": u.text, "voice": u.voice, "seconds": round(wav.size / SAMPLE_RATE, 4),
                 "words": [[w, s, e] for w, s, e in words]}
-    except Exception as e:  # noqa: BLE001 - any failure of one utterance is a reject, not a crash
-        return {"id": u.id, "text": u.text, "voice": u.voice, "reason": f"{type(e).__name__}: {e}"}
+    except Exception as e:  # noqa: BLE001 - one utterance's failure is a reject, the machine's stops the job
+        reason = f"{type(e).__name__}: {e}"
+        if _is_environment_error(e):
+            return {"id": u.id, "fatal": reason}
+        return {"id": u.id, "text": u.text, "voice": u.voice, "reason": reason}
+
+
+def _worker_main(conn: Any, backend: str, parent: int) -> None:
+    """A spawned worker: batches of jobs in, one row per job out, until None or the parent is gone."""
+    from slam.synth.espeak import _die_with_parent
+
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
+    try:
+        _init_worker(backend)
+        while (batch := conn.recv()) is not None:
+            for job in batch:
+                conn.send(_speak(job))
+    except BaseException:  # noqa: BLE001 - the parent went away (EOF, broken pipe): end quietly
+        pass
+    os._exit(0)
+
+
+class _Workers:
+    """`n` spawned worker processes fed batches of `batch` jobs, at most two batches outstanding each (one
+    being spoken, one queued: a worker never waits for the parent). Yields rows as they come; a worker that
+    dies is an environment error. `close()` ends them all, at once if need be."""
+
+    def __init__(self, n: int, backend: str, batch: int = 4) -> None:
+        ctx = mp.get_context("spawn")
+        self.batch, self.procs, self.conns, self.pending = batch, [], [], []
+        for _ in range(n):
+            mine, theirs = ctx.Pipe()
+            p = ctx.Process(target=_worker_main, args=(theirs, backend, os.getpid()), daemon=True)
+            p.start()
+            theirs.close()
+            self.procs.append(p)
+            self.conns.append(mine)
+            self.pending.append(0)
+
+    def run(self, jobs: list) -> Iterable[dict]:
+        queue = collections.deque(jobs)
+
+        def feed(i: int) -> None:
+            while self.pending[i] < 2 * self.batch and queue:
+                part = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+                self.pending[i] += len(part)
+                try:
+                    self.conns[i].send(part)
+                except OSError:  # broken pipe: the worker is gone
+                    raise self._dead(i) from None
+
+        for i in range(len(self.procs)):
+            feed(i)
+        while any(self.pending):
+            busy = [i for i, n in enumerate(self.pending) if n]
+            ready = wait_for([self.conns[i] for i in busy] + [self.procs[i].sentinel for i in busy])
+            for i in busy:
+                while self.pending[i] and self.conns[i].poll():
+                    try:
+                        row = self.conns[i].recv()
+                    except (EOFError, OSError):  # a closed pipe polls as readable: the worker is gone
+                        raise self._dead(i) from None
+                    self.pending[i] -= 1
+                    yield row
+                if self.pending[i] and self.procs[i].sentinel in ready and not self.conns[i].poll():
+                    raise self._dead(i)
+                feed(i)
+
+    def _dead(self, i: int) -> SlamError:
+        self.procs[i].join(1)
+        code = self.procs[i].exitcode
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        return SlamError(f"stopped: synthesis worker process {self.procs[i].pid} ended ({how}: out of memory "
+                         f"or killed?) with {self.pending[i]} utterances in hand; nothing was recorded as "
+                         f"rejected for them: rerun the same command, which retries every utterance not written")
+
+    def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(None)
+            except OSError:
+                pass
+        deadline = time.time() + 2.0
+        for p in self.procs:
+            p.join(max(0.0, deadline - time.time()))
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+        for c in self.conns:
+            c.close()
 
 
 # ---- parent side ----------------------------------------------------------------------------------------
@@ -144,7 +258,60 @@ def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
         with open(path, "r+b") as f:
             f.truncate(keep)
         data = data[:keep]
-    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SlamError(f"{path}:{n}: not a JSON line ({e}); fix or delete that line") from None
+    return rows
+
+
+def _subclass_names(cls: type) -> set[str]:
+    return {cls.__name__}.union(*(_subclass_names(c) for c in cls.__subclasses__()))
+
+
+# Rejects written by versions that recorded environment errors as rejects ("OSError: [Errno 28] No space
+# left on device"): not properties of the text, so they are retried.
+_ENV_REASON = re.compile(r"^(%s|BrokenProcessPool)\b" % "|".join(sorted(_subclass_names(OSError) | {"MemoryError"})))
+
+
+class _Appender:
+    """Append-only jsonl writer on an O_APPEND descriptor: every row reaches the kernel at once (a kill
+    loses nothing written), a failed write (ENOSPC) leaves at most a cut last line, which the next run's
+    `read_jsonl(repair=True)` removes; fsync every second and at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.last_sync = time.time()
+
+    def write(self, row: dict) -> None:
+        view = memoryview((json.dumps(row) + "\n").encode())
+        try:
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
+
+    def sync(self, force: bool = False) -> None:
+        if force or time.time() - self.last_sync > 1.0:
+            os.fsync(self.fd)
+            self.last_sync = time.time()
+
+    def close(self) -> None:
+        try:
+            os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+
+def _stopped(what: str, n_left: int) -> SlamError:
+    return SlamError(f"stopped: {what}; nothing was recorded as rejected for it: fix that (free disk space, "
+                     f"raise `ulimit -n`, ...) and rerun the same command, which retries the {n_left} "
+                     f"utterances not written")
 
 
 def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "espeak", workers: int = 1,
@@ -165,6 +332,7 @@ def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "
         tmp.unlink(missing_ok=True)
     rows, rejects = read_jsonl(out / MANIFEST, repair=True), read_jsonl(out / REJECTS, repair=True)
     done = {r["id"] for r in rows}
+    rejects = [r for r in rejects if not _ENV_REASON.match(str(r.get("reason", "")))]
     rejected = {r["id"] for r in rejects} - done
     earlier = {r["id"]: r for r in rejects + rows}
     # an id done earlier must still mean the same utterance: never reuse audio made for other text or voice
@@ -183,49 +351,52 @@ def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "
         try:
             probe.synthesize("test", voice)
         except Exception as e:  # noqa: BLE001 - any backend's refusal of a voice
+            if _is_environment_error(e):
+                raise _stopped(f"trying voice {voice!r}: {type(e).__name__}: {e}", len(todo)) from None
             raise SlamError(f"voice {voice!r} does not work with the {backend} backend: {e}") from e
 
     t0 = time.time()
     n_ok = n_bad = 0
     seconds = 0.0
     jobs = [(u, str(out)) for u in todo]
-    with open(out / MANIFEST, "a") as man, open(out / REJECTS, "a") as rej, \
-            tqdm(total=len(todo), unit="utt", disable=not progress, desc="synth") as bar:
-        if workers <= 1:
-            _init_worker(backend)
-            results = map(_speak, jobs)
-            pool = None
-        else:
-            # spawn, not fork: the caller may be a process with torch's thread pools running (the demo), which
-            # a forked child must not inherit; the start costs ~0.5 s, once. Each worker opens its own engine.
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(backend,))
-            results = pool.imap_unordered(_speak, jobs, chunksize=4)
-        try:
-            last_sync = time.time()
+    man = rej = pool = None
+    try:
+        man, rej = _Appender(out / MANIFEST), _Appender(out / REJECTS)
+        with tqdm(total=len(todo), unit="utt", disable=not progress, desc="synth") as bar:
+            if workers <= 1:
+                _init_worker(backend)
+                results: Iterable[dict] = map(_speak, jobs)
+            else:
+                # spawn, not fork: the caller may be a process with torch's thread pools running (the demo),
+                # which a forked child must not inherit; the start costs ~0.5 s, once. Each worker opens its
+                # own engine.
+                pool = _Workers(workers, backend)
+                results = pool.run(jobs)
             for row in results:
-                f = man if "audio" in row else rej
-                f.write(json.dumps(row) + "\n")
-                f.flush()
+                if "fatal" in row:
+                    raise _stopped(f"utterance {row['id']}: {row['fatal']}", len(todo) - n_ok - n_bad)
+                (man if "audio" in row else rej).write(row)
                 if "audio" in row:
                     n_ok += 1
                     seconds += row["seconds"]
                 else:
                     n_bad += 1
-                if time.time() - last_sync > 1.0:
-                    os.fsync(man.fileno())
-                    os.fsync(rej.fileno())
-                    last_sync = time.time()
+                man.sync()
+                rej.sync()
                 bar.update(1)
                 wall = time.time() - t0
                 bar.set_postfix_str(f"{seconds / max(wall, 1e-9):.0f}x realtime, {n_bad} rejected", refresh=False)
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-            man.flush()
-            os.fsync(man.fileno())
-            rej.flush()
-            os.fsync(rej.fileno())
+    except OSError as e:  # the parent's own writes: manifest, rejects, the wavs folder
+        raise _stopped(f"{e.filename or out}: {e.strerror or e}", len(todo) - n_ok - n_bad) from None
+    finally:
+        if pool is not None:
+            pool.close()
+        for f in (man, rej):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass  # already failing (a full disk): the error above is the one to report
     wall = time.time() - t0
     return {"out": str(out), "requested": len(items), "skipped": len(items) - len(todo), "written": n_ok,
             "rejected": n_bad, "audio_seconds": round(seconds, 2), "wall_seconds": round(wall, 2),
