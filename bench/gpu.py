@@ -70,7 +70,7 @@ from slam.train.config import Optim
 from slam.train.config import load as load_recipe
 from slam.train.dpo import Metrics, make_loss_fn
 from slam.train.engine import train_step
-from slam.train.flops import PEAK_TFLOPS, peak_tflops
+from slam.train.flops import peak_tflops
 from slam.train.memory import GiB, ModelShape, largest_micro, predict_memory
 from slam.train.optim import build_optimizer
 from slam.train.pairs import collate, encode_pairs, to_device
@@ -154,6 +154,9 @@ def sync(dev: torch.device) -> None:
 
 
 def reset_peak(dev: torch.device) -> None:
+    import gc
+
+    gc.collect()  # the previous run's model and optimiser, so that this run's peak is its own
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -547,6 +550,11 @@ def gib(x: float) -> str:
     return f"{x / GiB:.2f} GiB"
 
 
+def error_text(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0][:300].replace("|", "/")
+    return f"ERROR {type(e).__name__}: {first}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry", action="store_true", help="tiny shape on the CPU: the same code, in seconds")
@@ -574,125 +582,92 @@ def main() -> None:
     def step(name):
         print(f"[{time.perf_counter() - t_start:6.1f} s] {name}", flush=True)
 
-    step("kernel")
-    k = kernel_check(s)
-    fwd_ok = k["fwd"] <= 2 * k["fwd_ref16"] + 1e-3
-    bwd_ok = k["bwd"] <= 2 * k["bwd_ref16"] + 1e-3
-    label = k["name"] + ("" if cuda else " (CPU: no varlen kernel, the per-document reference runs)")
-    rows.append(("varlen attention forward, bf16", f"{label}: max abs diff {k['fwd']:.2e} (bf16 reference "
-                 f"{k['fwd_ref16']:.2e}); {k['tokens']:,} tokens, {k['documents']} documents, "
-                 f"{sh.heads}/{sh.kv_heads} heads of {sh.head_dim}", bf16_tol, verdict(fwd_ok)))
-    rows.append(("varlen attention backward (dq, dk, dv)", f"max abs diff {k['bwd']:.2e} (bf16 reference "
-                 f"{k['bwd_ref16']:.2e}); fwd+bwd {k['seconds'] * 1e3:.1f} ms", bf16_tol, verdict(bwd_ok)))
-    leak_ok = k["leak"] == 0.0 and k["own_change"] > 0
-    rows.append(("cross-document leak", f"other documents moved by {k['leak']:.1e} when one document's K/V "
-                 f"changed (its own output moved {k['own_change']:.2f})", "0 exactly", verdict(leak_ok)))
-    step("training-forward kernel")
-    tk = training_forward_kernel(s)
-    used = ", ".join(f"{n} (q {d})" for n, d in tk["choices"])
-    kernel_ok = all(n in ("torch.varlen_attn", "flash_attn") for n, _ in tk["choices"]) if cuda else None
-    rows.append(("kernel reached by the bf16-autocast training forward", f"{used}, {tk['calls']} calls",
-                 "the varlen kernel on a GPU", verdict(kernel_ok)))
+    @contextmanager
+    def section(label: str):
+        """A section that raises becomes one failed row; the check goes on (one command, every answer)."""
+        step(label)
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - reported in the table, with the traceback on stderr
+            import traceback
+
+            traceback.print_exc()
+            rows.append((label, error_text(e), "runs", verdict(False)))
+
+    with section("varlen attention kernel"):
+        k = kernel_check(s)
+        fwd_ok = k["fwd"] <= 2 * k["fwd_ref16"] + 1e-3
+        bwd_ok = k["bwd"] <= 2 * k["bwd_ref16"] + 1e-3
+        label = k["name"] + ("" if cuda else " (CPU: no varlen kernel, the per-document reference runs)")
+        rows.append(("varlen attention forward, bf16", f"{label}: max abs diff {k['fwd']:.2e} (bf16 reference "
+                     f"{k['fwd_ref16']:.2e}); {k['tokens']:,} tokens, {k['documents']} documents, "
+                     f"{sh.heads}/{sh.kv_heads} heads of {sh.head_dim}", bf16_tol, verdict(fwd_ok)))
+        rows.append(("varlen attention backward (dq, dk, dv)", f"max abs diff {k['bwd']:.2e} (bf16 reference "
+                     f"{k['bwd_ref16']:.2e}); fwd+bwd {k['seconds'] * 1e3:.1f} ms", bf16_tol, verdict(bwd_ok)))
+        leak_ok = k["leak"] == 0.0 and k["own_change"] > 0
+        rows.append(("cross-document leak", f"other documents moved by {k['leak']:.1e} when one document's K/V "
+                     f"changed (its own output moved {k['own_change']:.2f})", "0 exactly", verdict(leak_ok)))
+    with section("kernel reached by the bf16-autocast training forward"):
+        tk = training_forward_kernel(s)
+        used = ", ".join(f"{n} (q {d})" for n, d in tk["choices"])
+        kernel_ok = all(n in ("torch.varlen_attn", "flash_attn") for n, _ in tk["choices"]) if cuda else None
+        rows.append(("kernel reached by the bf16-autocast training forward", f"{used}, {tk['calls']} calls",
+                     "the varlen kernel on a GPU", verdict(kernel_ok)))
 
     work = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
     try:
         from bench.train import make_data  # ~280k tokens of utterance-like documents (20-600 units)
 
         make_data(work / "units")
-        docs = documents(work / "units", s.context)
-        runs: dict[str, list[dict]] = {"eager": [], "compile": [], "hf": []}
-        order = [r for _ in range(args.repeats) for r in ("eager", "hf", "compile")]  # alternating
-        for i, name in enumerate(order):
-            step(f"train {name} ({i + 1}/{len(order)})")
-            if name == "hf":
-                res = hf_run(s, docs, work / f"hf-{i}")
+        with section("training throughput"):
+            training_rows(s, args, env, work, rows, step)
+        with section("slam train, largest micro that fits"):
+            if not cuda:
+                rows.append(("slam train, largest micro that fits", "not run: --dry (CPU)", "—", verdict(None)))
             else:
-                with compile_backend(args.compile_backend if name == "compile" else "inductor"):
-                    res = slam_run(s, work / "units", work / f"slam-{i}", name == "compile", s.micro)
-            runs[name].append(res)
-        pred = predict_memory(sh, s.micro, s.context, "bf16", "varlen" if cuda else "sdpa")
-        for name in ("eager", "compile"):
-            rs = runs[name]
-            tok = statistics.median(r["tok_s"] for r in rs)
-            mfu = [r["mfu"] for r in rs if r["mfu"] is not None]
-            peak = max(r["peak_bytes"] for r in rs)
-            mfu_text = f"MFU {100 * statistics.median(mfu):.1f}%" if mfu else "MFU n/a"
-            extra = (f"; compile warm-up {statistics.median(r['compile_s'] for r in rs):.1f} s outside the budget, "
-                     f"{rs[0]['graphs']} graphs compiled" if name == "compile" else "")
-            mfu_target = any(g in env["GPU"] for g in ("H100", "A100", "H200"))
-            backend = f" ({args.compile_backend})" if name == "compile" else ""
-            rows.append((f"slam train, compile {'on' if name == 'compile' else 'off'}{backend}, micro {s.micro} x "
-                         f"{s.context}, accumulation {s.accum}",
-                         f"{tok:,.0f} tokens/s ({', '.join(format(r['tok_s'], ',.0f') for r in rs)}), {mfu_text}, "
-                         f"{rs[0]['attn']} attention{extra}", "MFU >= 40% on H100 / A100" if cuda else "—",
-                         verdict(statistics.median(mfu) >= 0.40 if mfu and mfu_target else None)))
-            measured = "peak allocated" if cuda else "peak RSS of the process (not comparable: libraries dominate)"
-            ok = abs(peak / pred.total - 1) <= 0.15 if cuda else None
-            rows.append((f"  memory, compile {'on' if name == 'compile' else 'off'}",
-                         f"{measured} {gib(peak)}; slam.train.memory predicts {gib(pred.total)}",
-                         "within 15% of the prediction" if cuda else "—", verdict(ok)))
-        hf = runs["hf"]
-        best = max(statistics.median(r["tok_s"] for r in runs[n]) for n in ("eager", "compile"))
-        if "skip" in hf[0]:
-            # on a GPU a missing baseline fails the check (nothing to compare); --dry only proves the code runs
-            rows.append(("HF Trainer + DataCollatorWithFlattening", hf[0]["skip"], "slam >= 1.5x",
-                         verdict(False if cuda else None)))
-        else:
-            htok = statistics.median(r["tok_s"] for r in hf)
-            hmfu = [r["mfu"] for r in hf if r["mfu"] is not None]
-            rows.append((f"HF Trainer + DataCollatorWithFlattening ({hf[0]['impl']}"
-                         f"{'' if hf[0]['impl'] == 'flash_attention_2' else ': flash-attn not installed'}, bf16, "
-                         f"{hf[0]['examples']} documents per micro-batch)",
-                         f"{htok:,.0f} tokens/s ({', '.join(format(r['tok_s'], ',.0f') for r in hf)})"
-                         + (f", MFU {100 * statistics.median(hmfu):.1f}%" if hmfu else "")
-                         + f", peak {gib(max(r['peak_bytes'] for r in hf))}; slam's best / HF = {best / htok:.2f}x",
-                         "slam >= 1.5x", verdict(best / htok >= 1.5 if cuda else None)))
-        c_loss, e_loss = runs["compile"][0]["losses"], runs["eager"][0]["losses"]
-        c_rel = max(abs(a - b) / abs(b) for a, b in zip(c_loss, e_loss))
-        rows.append(("compile vs eager, same run's losses", f"max relative difference {c_rel:.1e} over "
-                     f"{len(c_loss)} steps", "<= 2e-2 in bf16", verdict(c_rel <= 2e-2)))
-        if cuda:
-            big = largest_micro(sh, s.context, torch.cuda.get_device_properties(s.device).total_memory)
-            if big and big > s.micro:
-                step(f"train eager at the largest micro predicted to fit ({big})")
-                try:
-                    r = slam_run(s, work / "units", work / "slam-big", False, big)
+                total = torch.cuda.get_device_properties(s.device).total_memory
+                big = largest_micro(sh, s.context, total, divides=s.micro * 16)  # a divisor of the recipe's 128
+                if not big or big <= s.micro:
+                    rows.append(("slam train, largest micro that fits", f"{big}: not above micro {s.micro}",
+                                 "—", verdict(None)))
+                else:
+                    step(f"train eager at the largest micro predicted to fit ({big})")
                     p = predict_memory(sh, big, s.context, "bf16", "varlen")
-                    rows.append((f"slam train, largest micro that fits: {big}", f"{r['tok_s']:,.0f} tokens/s"
-                                 + (f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] else "")
-                                 + f", peak {gib(r['peak_bytes'])} (predicted {gib(p.total)})",
-                                 "runs; peak within 15%", verdict(abs(r["peak_bytes"] / p.total - 1) <= 0.15)))
-                except torch.cuda.OutOfMemoryError:
-                    rows.append((f"slam train, largest micro predicted to fit: {big}", "out of memory",
-                                 "runs", verdict(False)))
-        else:
-            rows.append(("slam train, largest micro that fits", "not run: --dry (CPU)", "—", verdict(None)))
-
-        step("dpo")
-        d = dpo_run(s)
-        rows.append((f"DPO step (policy + frozen reference, {s.dpo_micro} pairs per forward)",
-                     f"{d['pairs_s']:,.1f} pairs/s = {d['tok_s']:,.0f} tokens/s (~{d['tokens_per_pair']:.0f} tokens "
-                     f"per pair); loss {d['loss']:.4f}", "—", verdict(None)))
-        step("generate")
-        gres = generation_run(s)
-        rows.append((f"generation ({gres['prompts']} prompts x {s.gen_tokens} units, temperature 0.8, top-k 25)",
-                     f"{gres['units_s']:,.0f} units/s ({gres['seconds']:.1f} s)", "—", verdict(None)))
-        step("fsdp")
-        f = fsdp_check(s)
-        tol = 2e-3 if cuda else 1e-5  # bf16 autocast on a GPU reorders reductions; the CPU path is exact-ish
-        rows.append(("FSDP2 (1 process, every block sharded) vs unsharded (DDP's per-rank step)",
-                     f"losses {', '.join(f'{x:.5f}' for x in f['losses']['fsdp2'])} vs "
-                     f"{', '.join(f'{x:.5f}' for x in f['losses']['unsharded'])}; max relative diff {f['rel']:.1e}; "
-                     f"{f['sharded'][0]} of {f['sharded'][1]} parameters are DTensors",
-                     f"<= {tol:g}", verdict(f["rel"] <= tol and f["sharded"][0] == f["sharded"][1])))
-        m = multi_gpu_check(s, work / "units", work)
-        if "skip" in m:
-            rows.append(("torchrun on all GPUs, ddp vs fsdp", m["skip"], "—", verdict(None)))
-        elif "error" in m:
-            rows.append(("torchrun on all GPUs, ddp vs fsdp", m["error"], "same losses", verdict(False)))
-        else:
-            rows.append((f"torchrun on {m['gpus']} GPUs, ddp vs fsdp", f"max relative loss diff {m['rel']:.1e}",
-                         "<= 2e-3", verdict(m["rel"] <= 2e-3)))
+                    try:
+                        r = slam_run(s, work / "units", work / "slam-big", False, big)
+                        rows.append((f"slam train, largest micro that fits: {big}", f"{r['tok_s']:,.0f} tokens/s"
+                                     + (f", MFU {100 * r['mfu']:.1f}%" if r["mfu"] else "")
+                                     + f", peak {gib(r['peak_bytes'])} (predicted {gib(p.total)})",
+                                     "runs; peak within 15%", verdict(abs(r["peak_bytes"] / p.total - 1) <= 0.15)))
+                    except torch.cuda.OutOfMemoryError:
+                        rows.append((f"slam train, largest micro that fits: {big}", f"out of memory (predicted "
+                                     f"{gib(p.total)} of {gib(total)})", "runs", verdict(False)))
+        with section("DPO step"):
+            d = dpo_run(s)
+            rows.append((f"DPO step (policy + frozen reference, {s.dpo_micro} pairs per forward)",
+                         f"{d['pairs_s']:,.1f} pairs/s = {d['tok_s']:,.0f} tokens/s (~{d['tokens_per_pair']:.0f} "
+                         f"tokens per pair); loss {d['loss']:.4f}", "—", verdict(None)))
+        with section("generation (slam.generate.sample_units)"):
+            gres = generation_run(s)
+            rows.append((f"generation ({gres['prompts']} prompts x {s.gen_tokens} units, temperature 0.8, top-k 25)",
+                         f"{gres['units_s']:,.0f} units/s ({gres['seconds']:.1f} s)", "—", verdict(None)))
+        with section("FSDP2 (1 process, every block sharded)"):
+            f = fsdp_check(s)
+            tol = 2e-3 if cuda else 1e-5  # bf16 autocast on a GPU reorders reductions; the CPU path is exact-ish
+            rows.append(("FSDP2 (1 process, every block sharded) vs unsharded (DDP's per-rank step)",
+                         f"losses {', '.join(f'{x:.5f}' for x in f['losses']['fsdp2'])} vs "
+                         f"{', '.join(f'{x:.5f}' for x in f['losses']['unsharded'])}; max relative diff "
+                         f"{f['rel']:.1e}; {f['sharded'][0]} of {f['sharded'][1]} parameters are DTensors",
+                         f"<= {tol:g}", verdict(f["rel"] <= tol and f["sharded"][0] == f["sharded"][1])))
+        with section("torchrun on all GPUs, ddp vs fsdp"):
+            m = multi_gpu_check(s, work / "units", work)
+            if "skip" in m:
+                rows.append(("torchrun on all GPUs, ddp vs fsdp", m["skip"], "—", verdict(None)))
+            elif "error" in m:
+                rows.append(("torchrun on all GPUs, ddp vs fsdp", m["error"], "same losses", verdict(False)))
+            else:
+                rows.append((f"torchrun on {m['gpus']} GPUs, ddp vs fsdp", f"max relative loss diff {m['rel']:.1e}",
+                             "<= 2e-3", verdict(m["rel"] <= 2e-3)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -709,6 +684,84 @@ def main() -> None:
     print(text)
     args.out.write_text(text)
     print(f"wrote {args.out}")
+
+
+def training_rows(s: Setup, args: Any, env: dict, work: Path, rows: list, step: Callable) -> None:
+    """slam eager / HF Trainer / slam compiled, alternating `args.repeats` times, then their rows. A run
+    that raises is reported in its row and does not stop the others."""
+    cuda = s.device.type == "cuda"
+    sh = s.shape
+    docs = documents(work / "units", s.context)
+    runs: dict[str, list[dict]] = {"eager": [], "compile": [], "hf": []}
+    order = [r for _ in range(args.repeats) for r in ("eager", "hf", "compile")]  # alternating
+    for i, name in enumerate(order):
+        step(f"train {name} ({i + 1}/{len(order)})")
+        try:
+            if name == "hf":
+                res = hf_run(s, docs, work / f"hf-{i}")
+            else:
+                with compile_backend(args.compile_backend if name == "compile" else "inductor"):
+                    res = slam_run(s, work / "units", work / f"slam-{i}", name == "compile", s.micro)
+        except Exception as e:  # noqa: BLE001 - into the table
+            import traceback
+
+            traceback.print_exc()
+            res = {"error": error_text(e)}
+        runs[name].append(res)
+    pred = predict_memory(sh, s.micro, s.context, "bf16", "varlen" if cuda else "sdpa")
+    good = {n: [r for r in rs if "error" not in r and "skip" not in r] for n, rs in runs.items()}
+    for name in ("eager", "compile"):
+        backend = f" ({args.compile_backend})" if name == "compile" else ""
+        label = (f"slam train, compile {'on' if name == 'compile' else 'off'}{backend}, micro {s.micro} x "
+                 f"{s.context}, accumulation {s.accum}")
+        rs = good[name]
+        if not rs:
+            rows.append((label, runs[name][0]["error"], "runs", verdict(False)))
+            rows.append((f"  memory, compile {'on' if name == 'compile' else 'off'}", "no run", "—", verdict(False)))
+            continue
+        tok = statistics.median(r["tok_s"] for r in rs)
+        mfu = [r["mfu"] for r in rs if r["mfu"] is not None]
+        peak = max(r["peak_bytes"] for r in rs)
+        mfu_text = f"MFU {100 * statistics.median(mfu):.1f}%" if mfu else "MFU n/a"
+        extra = (f"; compile warm-up {statistics.median(r['compile_s'] for r in rs):.1f} s outside the budget, "
+                 f"{rs[0]['graphs']} graphs compiled" if name == "compile" else "")
+        mfu_target = any(g in env["GPU"] for g in ("H100", "A100", "H200"))
+        rows.append((label, f"{tok:,.0f} tokens/s ({', '.join(format(r['tok_s'], ',.0f') for r in rs)}), "
+                     f"{mfu_text}, {rs[0]['attn']} attention{extra}", "MFU >= 40% on H100 / A100" if cuda else "—",
+                     verdict(statistics.median(mfu) >= 0.40 if mfu and mfu_target else None)))
+        measured = "peak allocated" if cuda else "peak RSS of the process (not comparable: libraries dominate)"
+        ok = abs(peak / pred.total - 1) <= 0.15 if cuda else None
+        rows.append((f"  memory, compile {'on' if name == 'compile' else 'off'}",
+                     f"{measured} {gib(peak)}; slam.train.memory predicts {gib(pred.total)}",
+                     "within 15% of the prediction" if cuda else "—", verdict(ok)))
+    hf = runs["hf"]
+    slam_best = max((statistics.median(r["tok_s"] for r in good[n]) for n in ("eager", "compile") if good[n]),
+                    default=None)
+    if "skip" in hf[0]:
+        # on a GPU a missing baseline fails the check (nothing to compare); --dry only proves the code runs
+        rows.append(("HF Trainer + DataCollatorWithFlattening", hf[0]["skip"], "slam >= 1.5x",
+                     verdict(False if cuda else None)))
+    elif not good["hf"]:
+        rows.append(("HF Trainer + DataCollatorWithFlattening", hf[0]["error"], "slam >= 1.5x", verdict(False)))
+    else:
+        hg = good["hf"]
+        htok = statistics.median(r["tok_s"] for r in hg)
+        hmfu = [r["mfu"] for r in hg if r["mfu"] is not None]
+        ratio = f"; slam's best / HF = {slam_best / htok:.2f}x" if slam_best else ""
+        rows.append((f"HF Trainer + DataCollatorWithFlattening ({hg[0]['impl']}"
+                     f"{'' if hg[0]['impl'] == 'flash_attention_2' else ': flash-attn not installed'}, bf16, "
+                     f"{hg[0]['examples']} documents per micro-batch)",
+                     f"{htok:,.0f} tokens/s ({', '.join(format(r['tok_s'], ',.0f') for r in hg)})"
+                     + (f", MFU {100 * statistics.median(hmfu):.1f}%" if hmfu else "")
+                     + f", peak {gib(max(r['peak_bytes'] for r in hg))}{ratio}",
+                     "slam >= 1.5x", verdict((slam_best or 0) / htok >= 1.5 if cuda else None)))
+    if good["compile"] and good["eager"]:
+        c_loss, e_loss = good["compile"][0]["losses"], good["eager"][0]["losses"]
+        c_rel = max(abs(a - b) / abs(b) for a, b in zip(c_loss, e_loss))
+        rows.append(("compile vs eager, same run's losses", f"max relative difference {c_rel:.1e} over "
+                     f"{len(c_loss)} steps", "<= 2e-2 in bf16", verdict(c_rel <= 2e-2)))
+    else:
+        rows.append(("compile vs eager, same run's losses", "a run failed (above)", "<= 2e-2 in bf16", verdict(False)))
 
 
 if __name__ == "__main__":
