@@ -18,6 +18,7 @@ silently lets documents attend to each other (docs/model-and-packing.md, "Attent
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import shutil
 import warnings
@@ -237,9 +238,9 @@ def random_init(config: str | Path | dict | Any, n_units: int, overrides: dict |
         d = {**config, **overrides}
         if "model_type" not in d:
             raise SlamError("a config dict for random_init needs a 'model_type'")
-        cfg = AutoConfig.for_model(d.pop("model_type"), **d)
+        cfg = _config_for(d.pop("model_type"), d)
     elif str(config) in CONFIG_MAPPING:
-        cfg = AutoConfig.for_model(str(config), **overrides)
+        cfg = _config_for(str(config), overrides)
     else:
         try:
             cfg = AutoConfig.from_pretrained(str(config), **overrides)
@@ -253,13 +254,41 @@ def random_init(config: str | Path | dict | Any, n_units: int, overrides: dict |
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, **kwargs)
+            if next(model.parameters()).device.type != "meta":  # shapes that build but cannot run (hidden 30
+                with torch.no_grad():                               # over 4 heads) fail here, not at step 1
+                    model(input_ids=torch.tensor([[info.bos_id, info.eos_id]]), use_cache=False)
+        except (ValueError, RuntimeError, TypeError, AttributeError) as e:
+            raise SlamError(f"a {cfg.model_type} with these sizes cannot be built or run: "
+                            f"{' '.join(str(e).split())[:200]}") from None
     _zero_dropout_modules(model)
     _set_special_ids(model, info)
     info.base_model = None
     info.extra.update({"init": "random", "seed": seed, "model_type": cfg.model_type, **changes})
     model.train()
     return model, info
+
+
+def _config_for(model_type: str, fields: dict) -> Any:
+    """An HF config of `model_type` with `fields`; an unknown type or a field the type does not have is an
+    error (HF would keep an unknown field as a silent attribute: a typo like `hidden_sise` trains the default)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        raise SlamError(f"model_type {model_type!r} is not a transformers model type (e.g. qwen2, llama, opt, "
+                        f"gpt_neox)")
+    cls = CONFIG_MAPPING[model_type]
+    known = (set(cls().to_dict()) | set(getattr(cls, "attribute_map", {}))
+             | set(inspect.signature(cls.__init__).parameters) | {"rope_theta", "rope_scaling"})
+    unknown = sorted(k for k in fields if k not in known)
+    if unknown:
+        raise SlamError(f"{model_type} configs have no field {', '.join(unknown)}")
+    try:
+        return AutoConfig.for_model(model_type, **fields)
+    except (ValueError, TypeError) as e:
+        raise SlamError(f"{model_type} config: {' '.join(str(e).split())[:200]}") from None
 
 
 # --- model folders -------------------------------------------------------------------------------------------
@@ -369,25 +398,33 @@ def is_slamkit_folder(folder: str | Path) -> bool:
 
 
 def load_model(folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               attn_implementation: str | None = None) -> tuple[nn.Module, SlamInfo]:
+               attn_implementation: str | None = None, pickle_ok: bool = False) -> tuple[nn.Module, SlamInfo]:
     """A slam model folder, or a published slamkit `UnitLM` folder (read directly, no conversion needed).
 
     dtype None keeps the stored dtype; training passes torch.float32 (master weights). The returned model
-    is in eval mode with `use_cache=False` in its config.
+    is in eval mode with `use_cache=False` in its config. `pickle_ok` lets a published slamkit folder with
+    only pytorch_model.bin be read with torch.load(weights_only=True) (`slam convert`); otherwise refused.
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise between slam's own lines
     folder = _resolve_folder(folder)
     if not (folder / "config.json").exists():
         raise SlamError(f"{folder}: not a model folder (config.json is missing)")
     if is_slamkit_folder(folder):
-        model, info = _load_slamkit(folder, dtype, attn_implementation)
+        model, info = _load_slamkit(folder, dtype, attn_implementation, pickle_ok)
     else:
         info = SlamInfo.load(folder)
+        _weight_files(folder)  # safetensors only: a pickle is refused before transformers could read it
         kwargs: dict[str, Any] = {"dtype": dtype if dtype is not None else "auto"}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, **kwargs)
+        except Exception as e:  # truncated, corrupt or mismatched weights (safetensors has its own error type)
+            raise SlamError(f"{folder}/model.safetensors: cannot be loaded ({' '.join(str(e).split())[:160]}); "
+                            f"the model folder is damaged: copy or train it again") from None
         if model.config.vocab_size != info.vocab_size:
             raise SlamError(f"{folder}: config vocab_size {model.config.vocab_size} != slam.json "
                             f"vocab_size {info.vocab_size}")
@@ -430,23 +467,42 @@ def audio_to_units(tok: Any, wav: np.ndarray, dedup: bool = True) -> tuple[np.nd
     return np.asarray(units, dtype=np.int64), np.asarray(durations, dtype=np.int64)
 
 
-def _read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
+def _weight_files(folder: Path, pickle_ok: bool = False) -> list[str]:
+    """The weight files of a model folder: safetensors (sharded or not). A folder holding only
+    pytorch_model.bin is refused (a pickle can run code when read), unless `pickle_ok` (`slam convert`, which
+    reads it with torch.load(weights_only=True) and writes safetensors)."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise SlamError(f"{folder}: no model.safetensors (slam reads safetensors only, never pickles)")
+        try:
+            return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError) as e:
+            raise SlamError(f"{index}: not a valid safetensors index ({e})") from None
+    if (folder / "model.safetensors").exists():
+        return ["model.safetensors"]
+    if (folder / "pytorch_model.bin").exists():
+        if pickle_ok:
+            return ["pytorch_model.bin"]
+        raise SlamError(f"{folder}: holds only pytorch_model.bin, a pickle; slam reads safetensors only (a pickle "
+                        f"can run code when loaded): convert it with `slam convert` or re-save it as safetensors")
+    raise SlamError(f"{folder}: no model.safetensors (slam reads safetensors only, never pickles)")
+
+
+def _read_safetensors(folder: Path, pickle_ok: bool = False) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
     state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(folder / f)))
+    for f in _weight_files(folder, pickle_ok):
+        try:
+            if f.endswith(".bin"):  # weights only: tensors and plain containers, never arbitrary objects
+                state.update(torch.load(str(folder / f), map_location="cpu", weights_only=True))
+            else:
+                state.update(load_file(str(folder / f)))
+        except Exception as e:  # truncated / corrupt / not a weights file: one line naming it
+            raise SlamError(f"{folder / f}: cannot be read ({' '.join(str(e).split())[:160]})") from None
     return state
 
 
-def _load_slamkit(folder: Path, dtype: torch.dtype | None, attn_implementation: str | None
+def _load_slamkit(folder: Path, dtype: torch.dtype | None, attn_implementation: str | None, pickle_ok: bool = False
                   ) -> tuple[nn.Module, SlamInfo]:
     """slamkit `UnitLM`: config {model_type: speech_language_model, base_model_name, base_config: {...},
     vocab_size, ...}, weights `lm.<HF causal LM key>`. Every layout fact is read from the files and checked."""
@@ -471,7 +527,7 @@ def _load_slamkit(folder: Path, dtype: torch.dtype | None, attn_implementation: 
     config.vocab_size = vocab
     config.use_cache = False
 
-    state = _read_safetensors(folder)
+    state = _read_safetensors(folder, pickle_ok)
     foreign = [k for k in state if not k.startswith(SLAMKIT_PREFIX)]
     if foreign:
         raise SlamError(f"{folder}: expected every weight under '{SLAMKIT_PREFIX}', found e.g. {foreign[0]!r}")
@@ -506,7 +562,8 @@ def convert_slamkit(src: str | Path, dst: str | Path, tokenizer: dict | None = N
     folder = _resolve_folder(src)
     if not is_slamkit_folder(folder):
         raise SlamError(f"{src}: not a slamkit UnitLM folder (config.json model_type != {SLAMKIT_MODEL_TYPE!r})")
-    model, info = load_model(folder, dtype=dtype)
+    # a slamkit folder holding only pytorch_model.bin is read weights-only and written as safetensors
+    model, info = load_model(folder, dtype=dtype, pickle_ok=True)
     if tokenizer:
         info.tokenizer = dict(tokenizer)
         info.tokenizer_hash = tokenizer_hash

@@ -96,7 +96,12 @@ class SlamInfo:
         path = Path(folder) / SLAM_JSON
         if not path.exists():
             raise SlamError(f"{folder}: not a slam model folder ({SLAM_JSON} is missing)")
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise SlamError(f"{path}: not valid JSON ({e}); the model folder is damaged") from None
+        if not isinstance(data, dict):
+            raise SlamError(f"{path}: expected a JSON object of token layout fields")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:

@@ -6,10 +6,15 @@ cannot break the others. User errors (SlamError) end as one line and exit code 2
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
 from slam.errors import SlamError
+
+# Failures of the machine, not of the input (full disk, quota, I/O error, too many open files, read-only file
+# system): one line and exit code 1, never recorded as a bad input by any stage.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EMFILE, errno.ENFILE, errno.EROFS, errno.ENOMEM}
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     except SlamError as e:
         print(f"slam {name}: error: {e}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:  # a reader that does not name its file: still one line, still a user error
+        print(f"slam {name}: error: an input file is not UTF-8 text (byte {e.start}: {e.reason}); convert it to "
+              f"UTF-8", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        # the machine, not the input: nothing was recorded as a bad input; a rerun resumes where this stopped
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"slam {name}: error: {e.strerror}{where}; fix the environment and rerun the same command to "
+              f"resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"slam {name}: interrupted", file=sys.stderr)
         return 130
