@@ -139,3 +139,21 @@ def test_convert_refuses_another_kmeans_for_the_published_tokenizer(cache, tmp_p
     own = tmp_path / "hub" / "my-hubert"
     tiny_hubert().save_pretrained(own)
     assert main(args + [str(tmp_path / "e"), "--tokenizer", f"hubert:{own}@2:{wrong}"]) == 0
+
+
+def test_published_vocoder_refuses_other_units(cache, tmp_path, monkeypatch):
+    """The published LJ vocoder speaks km500 units only: a model whose k-means is another is refused before
+    vocoding; the user's own vocoder (published=False) is not checked."""
+    from types import SimpleNamespace
+
+    from slam.vocoder.hifigan import require_published_units
+
+    real = fake_km500(cache / published.KM500, seed=0)
+    monkeypatch.setitem(published.SHA256, published.KM500, sha256_file(real))
+    voc = SimpleNamespace(published=True)
+    require_published_units(voc, SimpleNamespace(kmeans=KMeans.load(real)))
+    other = SimpleNamespace(kmeans=KMeans.load(fake_km500(tmp_path / "o.bin", seed=2)))
+    with pytest.raises(SlamError, match="o.bin is not the published k-means the published LJ HiFi-GAN needs"):
+        require_published_units(voc, other)
+    require_published_units(SimpleNamespace(published=False), other)
+    require_published_units(voc, SimpleNamespace())  # a mel tokenizer or a stand-in without k-means
