@@ -32,7 +32,7 @@ from torch import nn
 import slam.attention  # noqa: F401  (registers the "slam_varlen" attention function with transformers)
 from slam.errors import SlamError
 from slam.text import load_text_tokenizer
-from slam.tokens import SlamInfo, require_interleaved
+from slam.tokens import SLAM_JSON, SlamInfo, require_interleaved
 from slam.units.tokenizer import load_tokenizer, tokenize
 from slam.utils import atomic_dir, commit_dir
 
@@ -337,6 +337,16 @@ def embed_text_tokenizer(path: str, folder: str | Path) -> str:
     return "text_tokenizer"
 
 
+def _refuse_foreign_folder(folder: Path) -> None:
+    """Replacing a model folder deletes the old one: only ever one that slam wrote (it holds slam.json). An
+    existing file, or a non-empty folder of anything else, is the user's and is refused, untouched."""
+    if folder.exists() and not folder.is_dir():
+        raise SlamError(f"{folder}: exists and is a file; the model folder must be a new or a slam model folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / SLAM_JSON).is_file():
+        raise SlamError(f"{folder}: a non-empty folder that is not a slam model folder (no {SLAM_JSON}); slam "
+                        f"replaces only model folders it wrote: choose another output folder")
+
+
 def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
                tokenizer_root: str | Path | None = None) -> Path:
     """Write an HF model folder (config.json, model.safetensors, generation_config.json) + slam.json,
@@ -348,6 +358,7 @@ def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
     folder = Path(folder)
     if info.vocab_size != model.config.vocab_size:
         raise SlamError(f"slam.json vocab_size {info.vocab_size} != model vocab_size {model.config.vocab_size}")
+    _refuse_foreign_folder(folder)
     _set_special_ids(model, info)
     tmp = atomic_dir(folder)
     try:
