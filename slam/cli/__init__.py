@@ -16,6 +16,9 @@ from slam.errors import SlamError
 # system): one line and exit code 1, never recorded as a bad input by any stage.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EMFILE, errno.ENFILE, errno.EROFS, errno.ENOMEM}
 
+DESCRIPTION = ("Train, evaluate and use spoken language models the Slamming way: each command below is one "
+               "stage, from text and audio to units, training, preference alignment, evaluation and generation.")
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("slam.cli.corpus", "Write the built-in story text, benchmark pairs and preference text."),
@@ -37,7 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slam", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="slam", description=DESCRIPTION,
+                                     epilog="`slam COMMAND --help` describes a command's options.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
