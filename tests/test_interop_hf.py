@@ -143,3 +143,15 @@ def test_hub_dataset_offline_is_one_line(km, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "needs the network" in err and "save_to_disk" in err
     assert not (tmp_path / "u").exists()
+
+
+def test_fit_kmeans_on_a_saved_dataset(tmp_path, capsys):
+    ds = save_to_disk(tmp_path / "ds")
+    km = tmp_path / "km.npz"
+    assert main(["fit-kmeans", str(ds), "--tokenizer", "mel", "--units", "8", "--out", str(km),
+                 "--max-frames", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert f"--tokenizer mel:{km}" in out and "1 unreadable files skipped" in out  # row 3's bytes are not audio
+    assert main(["tokenize", str(ds), "--tokenizer", f"mel:{km}", "--out", str(tmp_path / "u"), "--workers", "1"]) == 0
+    assert read_meta(tmp_path / "u")["n_units"] == 8
+    assert main(["fit-kmeans", "hf:org/name", "--tokenizer", "mel", "--units", "8", "--out", str(km)]) == 2

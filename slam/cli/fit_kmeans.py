@@ -13,7 +13,8 @@ from slam.units.fit import fit_audio_kmeans
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("audio", help="folder (searched recursively) or manifest.jsonl")
+    p.add_argument("audio", help="folder (searched recursively), manifest.jsonl, or a Hugging Face datasets folder "
+                                 "(save_to_disk or parquet shards)")
     p.add_argument("--tokenizer", required=True, choices=("mel", "hubert"))
     p.add_argument("--units", type=int, required=True, help="number of clusters K")
     p.add_argument("--out", required=True, help="output .npz")
@@ -26,11 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-mels", type=int, default=80, help="mel: mel bands")
     p.add_argument("--batch-size", type=int, default=16, help="hubert: files per forward pass")
     p.add_argument("--device", default=None, help="hubert: device (default cuda when present)")
+    p.add_argument("--split", default=None, help="Hugging Face dataset: the split")
+    p.add_argument("--audio-column", default=None, help="Hugging Face dataset: the audio column")
 
 
 
 def run(args: argparse.Namespace) -> int:
     fit_audio_kmeans(args.audio, args.tokenizer, args.units, args.out, model=args.model, layer=args.layer,
                      max_frames=args.max_frames, seed=args.seed, features=args.features, n_mels=args.n_mels,
-                     batch_size=args.batch_size, device=args.device)
+                     batch_size=args.batch_size, device=args.device, split=args.split,
+                     audio_column=args.audio_column)
     return 0

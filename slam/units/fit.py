@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from slam.audio import find_audio, load_audio
+from slam.audio import find_audio, load_audio, load_audio_bytes
 from slam.errors import AudioError, SlamError
+from slam.units.hf import HUB_PREFIX, is_hf_source, open_hf
 from slam.units.kmeans import fit_kmeans
 from slam.units.melkmeans import MelFeatures, MelParams
 from slam.utils import format_duration
@@ -30,19 +31,39 @@ from slam.utils import format_duration
 def fit_audio_kmeans(audio: str | Path, tokenizer: str, n_units: int, out: str | Path, *,
                      model: str = "slprl/mhubert-base-25hz", layer: int = 11, max_frames: int = 500_000,
                      seed: int = 0, features: str = "logmel", n_mels: int = 80, batch_size: int = 16,
-                     device: str | None = None) -> Path:
-    """Fit the k-means of a `mel` or `hubert` tokenizer on frames sampled from the audio of `audio` (a folder
-    or manifest) and save it as `out` (.npz); prints a one-paragraph summary and returns `out`."""
+                     device: str | None = None, split: str | None = None, audio_column: str | None = None) -> Path:
+    """Fit the k-means of a `mel` or `hubert` tokenizer on frames sampled from the audio of `audio` (a folder,
+    manifest or Hugging Face datasets folder, as `slam tokenize` reads them) and save it as `out` (.npz);
+    prints a one-paragraph summary and returns `out`."""
     out = Path(out)
     if out.suffix != ".npz":
         raise SlamError(f"--out {out}: the k-means file must end in .npz")
     if n_units < 2 or n_units > 65535:
         raise SlamError("--units must lie in 2..65535 (units are stored as uint16)")
-    items = find_audio(audio)
-    if not items:
+    if is_hf_source(audio):
+        if str(audio).startswith(HUB_PREFIX):
+            raise SlamError(f"{audio}: fit-kmeans samples rows at random, which a streamed hub dataset cannot do; "
+                            f"save it with `datasets.load_dataset(...).save_to_disk(DIR)` and fit on DIR")
+        src = open_hf(audio, split, audio_column)
+        n_items = len(src)
+
+        def load(idx: int) -> np.ndarray:
+            e = src.entry(int(idx))
+            if e.error is not None or e.payload is None:
+                raise AudioError(e.error or f"{e.source}: no audio")
+            return load_audio_bytes(e.payload, e.source) if isinstance(e.payload, bytes) else load_audio(e.payload)
+    else:
+        if split is not None or audio_column is not None:
+            raise SlamError(f"--split / --audio-column: {audio} is not a Hugging Face dataset folder")
+        items = find_audio(audio)
+        n_items = len(items)
+
+        def load(idx: int) -> np.ndarray:
+            return load_audio(items[idx][1])
+    if not n_items:
         raise SlamError(f"{audio}: no audio files found")
-    order = np.random.default_rng(seed).permutation(len(items))
-    per_file = max(1, math.ceil(2 * max_frames / len(items)))  # 2x the even share: short files exist
+    order = np.random.default_rng(seed).permutation(n_items)
+    per_file = max(1, math.ceil(2 * max_frames / n_items))  # 2x the even share: short files exist
     rng = np.random.default_rng(seed + 1)
 
     if tokenizer == "mel":
@@ -70,7 +91,7 @@ def fit_audio_kmeans(audio: str | Path, tokenizer: str, n_units: int, out: str |
     n_frames = n_files = n_bad = 0
     seconds = 0.0
     # files are the unit of work (the frame total is unknown until decoded); stops early at --max-frames
-    bar = tqdm(total=len(items), desc=f"sample frames ({tokenizer})", unit="file", dynamic_ncols=True)
+    bar = tqdm(total=n_items, desc=f"sample frames ({tokenizer})", unit="file", dynamic_ncols=True)
     pending: list[np.ndarray] = []
 
     def consume() -> None:
@@ -88,9 +109,8 @@ def fit_audio_kmeans(audio: str | Path, tokenizer: str, n_units: int, out: str |
     for idx in order:
         if n_frames >= max_frames:
             break
-        _, path, _ = items[idx]
         try:
-            wav = load_audio(path)
+            wav = load(idx)
         except AudioError as e:
             n_bad += 1
             bar.write(f"skipped: {e}")

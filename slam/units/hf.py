@@ -235,6 +235,11 @@ class LocalHF:
     def ids(self, shard: tuple[int, int]) -> list[str] | None:
         return [row[2] for row in self.rows[shard[0]::shard[1]]]
 
+    def entry(self, i: int) -> Entry:
+        """Row i with its audio (random access, e.g. fit-kmeans' seeded sample of rows)."""
+        k, r, id_, extra = self.rows[i]
+        return self._entry(id_, f"{self.parts[k].path}#{r}", self.parts[k].audio(self.audio_column, [r])[r], extra)
+
     def entries(self, shard: tuple[int, int], skip: Callable[[str], bool], batch: int = 64) -> Iterator[Entry]:
         """Rows of this shard (every n-th row from i) not skipped, with their audio, in row order."""
         mine = [row for row in self.rows[shard[0]::shard[1]] if not skip(row[2])]
