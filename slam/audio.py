@@ -225,30 +225,35 @@ def _check_words(words: Any, where: str) -> list[dict]:
 def _manifest_items(manifest: Path) -> list[tuple[str, Path, dict]]:
     root = manifest.parent
     items = []
-    with open(manifest) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    try:
+        lines = manifest.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as e:
+        raise SlamError(f"{manifest}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{manifest}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):  # a last line without its newline: cut by a kill of the writer (`slam synth`)
                 continue
-            where = f"{manifest}:{n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SlamError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("audio"), str):
-                raise SlamError(f"{where}: each line needs an `audio` path (relative to the manifest)")
-            path = (root / rec["audio"]) if not os.path.isabs(rec["audio"]) else Path(rec["audio"])
-            id_ = rec.get("id")
-            if id_ is None:
-                id_ = _strip_ext(Path(rec["audio"]).as_posix())
-            extra = {k: rec[k] for k in MANIFEST_FIELDS if rec.get(k) is not None}
-            for k in ("text", "speaker", "voice"):
-                if k in extra and not isinstance(extra[k], str):
-                    extra[k] = str(extra[k])
-            if "words" in extra:
-                extra["words"] = _check_words(extra["words"], where)
-            if "speaker" not in extra and "voice" in extra:
-                extra["speaker"] = extra["voice"]
-            items.append((str(id_), path, extra))
+            raise SlamError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("audio"), str):
+            raise SlamError(f"{where}: each line needs an `audio` path (relative to the manifest)")
+        path = (root / rec["audio"]) if not os.path.isabs(rec["audio"]) else Path(rec["audio"])
+        id_ = rec.get("id")
+        if id_ is None:
+            id_ = _strip_ext(Path(rec["audio"]).as_posix())
+        extra = {k: rec[k] for k in MANIFEST_FIELDS if rec.get(k) is not None}
+        for k in ("text", "speaker", "voice"):
+            if k in extra and not isinstance(extra[k], str):
+                extra[k] = str(extra[k])
+        if "words" in extra:
+            extra["words"] = _check_words(extra["words"], where)
+        if "speaker" not in extra and "voice" in extra:
+            extra["speaker"] = extra["voice"]
+        items.append((str(id_), path, extra))
     return items
 
 

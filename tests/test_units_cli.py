@@ -248,3 +248,21 @@ def test_fit_kmeans_prints_the_spec_the_readme_uses(corpus, tmp_path, capsys):
     assert main(["fit-kmeans", str(corpus / "audio"), "--tokenizer", "mel", "--units", "8", "--out", str(km),
                  "--max-frames", "1000"]) == 0
     assert f"--tokenizer mel:{km} " in capsys.readouterr().out
+
+
+def test_manifest_with_a_cut_last_line_or_bad_bytes(corpus, tmp_path, capsys):
+    """A manifest whose last line a kill cut (no newline) is read without it; bytes that are not UTF-8 are
+    one line, exit 2."""
+    lines = (corpus / "manifest.jsonl").read_text().splitlines()
+    cut = corpus / "cut.jsonl"
+    cut.write_text("\n".join(lines[:4]) + "\n" + lines[4][:25])
+    try:
+        assert main(tok_args(corpus, tmp_path / "u")[:1] + [str(cut)] + tok_args(corpus, tmp_path / "u")[2:]) == 0
+        assert load_table(tmp_path / "u").num_rows == 4
+        cut.write_bytes(b'{"audio": "audio/spk0/utt00.wav", "text": "\xff\xfe"}\n')
+        capsys.readouterr()
+        assert main(tok_args(corpus, tmp_path / "v")[:1] + [str(cut)] + tok_args(corpus, tmp_path / "v")[2:]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "not UTF-8" in err and len(err.splitlines()) == 1
+    finally:
+        cut.unlink()
