@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from slam.audio import EXTENSIONS
 from slam.errors import SlamError
 
 HUB_PREFIX = "hf:"
@@ -53,8 +54,10 @@ def is_hf_source(source: str | os.PathLike) -> bool:
     p = Path(s)
     if not p.is_dir() or (p / "meta.json").exists():  # a units dataset is parquet too: never audio
         return False
-    return ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
-            or any(p.glob("*.arrow")) or any(p.rglob("*.parquet")))
+    if (p / "state.json").is_file() or (p / "dataset_dict.json").is_file() or any(p.glob("*.arrow")):
+        return True
+    # parquet shards, unless audio files sit beside them (then it is an audio folder holding other things)
+    return any(p.rglob("*.parquet")) and not any(f.suffix.lower() in EXTENSIONS for f in p.rglob("*"))
 
 
 @dataclass
@@ -118,6 +121,7 @@ class _Part:
             self.num_rows = self.pf.metadata.num_rows
             self.group_rows = [self.pf.metadata.row_group(i).num_rows for i in range(self.pf.num_row_groups)]
             self.table = None
+            self._group: tuple[int, str, Any] | None = None  # the last row group read: rows arrive in order
         else:
             # save_to_disk writes the Arrow IPC *stream* format; a memory map reads it without copying
             src = pa.memory_map(str(path))
@@ -148,7 +152,9 @@ class _Part:
             if r is None:
                 break
             if r < start + n:
-                cells = self.pf.read_row_group(g, columns=[column]).column(column)
+                if self._group is None or self._group[:2] != (g, column):
+                    self._group = (g, column, self.pf.read_row_group(g, columns=[column]).column(column))
+                cells = self._group[2]
                 while r is not None and r < start + n:
                     out[r] = cells[r - start].as_py()
                     r = next(want, None)
