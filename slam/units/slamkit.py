@@ -53,6 +53,11 @@ def parse_audio_repr(text: str, where: str) -> np.ndarray:
     return np.asarray([int(u) for u in units], dtype=np.int64)
 
 
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SlamError(f"--out {out}: is a file; give a folder (created, or resumed)")
+
+
 def _read_lines(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise SlamError(f"{path}: no such file")
@@ -110,6 +115,7 @@ def import_units(path: str | Path, tokenizer: str, out: str | Path) -> dict:
     """A slamkit features or tokens jsonl -> a units dataset at `out` (see the module docstring); returns
     its meta. Rerunning adds nothing twice (ids already there are skipped)."""
     path, out = Path(path), Path(out)
+    _check_out(out)
     rows = _read_lines(path)
     tok = load_tokenizer(tokenizer)
     has_durations = all("duration" in r for _, r in rows)
@@ -155,6 +161,7 @@ def import_prefs(path: str | Path, tokenizer: str, out: str | Path, workers: int
     audio paths are tokenized with `tokenizer` (through `slam tokenize`'s engine: resumable, rejects
     listed). Returns {"pairs", "tokenized", "imported", "units"}."""
     path, out = Path(path), Path(out)
+    _check_out(out)
     rows = _read_lines(path)
     tok = load_tokenizer(tokenizer)
     manifest, direct = [], []

@@ -226,6 +226,8 @@ def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_
     if flush_seconds < 0:
         raise SlamError(f"--flush-seconds {flush_seconds}: must be >= 0")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SlamError(f"--out {out}: is a file; give a folder for the units dataset (created, or resumed)")
     workers = workers if workers is not None else (os.cpu_count() or 1)
     source = open_audio_source(audio, split, audio_column, text_column, speaker_column)
     if isinstance(source, _Files) and (Path(audio) / "manifest.jsonl").is_file() and Path(audio).is_dir():
