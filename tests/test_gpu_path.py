@@ -76,8 +76,9 @@ def test_regional_compile_gives_eager_losses_and_its_warmup_stays_outside_the_bu
 
     The backend is aot_eager, not inductor: dynamo's capture of the HF block with slam's kwargs, AOT autograd
     and the loop's warm-up accounting are what a GPU run shares with this one; inductor's CPU codegen (C++,
-    one g++ call per kernel) is not the GPU's (Triton) and took 2.5 min cold for this model on 2 busy cores.
-    bench/gpu.py runs inductor on a GPU; `bench/gpu.py --dry --compile-backend inductor` runs it here."""
+    one g++ call per kernel) is not the GPU's (Triton) and costs minutes cold: for this very run, 103 s of
+    warm-up plus 23 s recompiling for validation's eval mode (67 s of CPU time, 2 busy cores), with losses
+    equal to eager's and grad norms within 7e-8. bench/gpu.py runs inductor on a GPU."""
     import torch
     import torch._dynamo
 

@@ -126,3 +126,19 @@ def test_activation_table_matches_what_autograd_saves(precision, hidden, inter, 
     # exact up to the last row's log-softmax row per sequence (the loss predicts S-1 of S positions)
     assert got == pytest.approx(p.activations, rel=2e-3), (got, p.activations)
     assert got <= p.activations
+
+
+def test_plan_for_run_prints_the_prediction_of_the_run_and_its_throughput_at_a_given_peak():
+    from slam.model import random_init
+    from slam.train.config import load
+    from slam.train.dist import Env
+    from slam.train.memory import plan_for_run
+
+    cfg = load("tiny-cpu", ["peak_tflops=100", "batch.micro=8", "batch.size=16", "data.context=256"])
+    model, _ = random_init(dict(cfg.model.config), 500, seed=0)
+    line = plan_for_run(cfg, model, Env())
+    shape = ModelShape.from_config(model.config, params=sum(p.numel() for p in model.parameters()))
+    want = predict_memory(shape, 8, 256, "fp32", "sdpa")  # a CPU run: fp32, transformers' SDPA path
+    assert line.startswith(f"predicted memory {want.total / GiB:.1f} GiB per process (fp32, sdpa attention)")
+    tok = predict_tokens_per_second(shape, 256, 100.0)
+    assert f"at 34% MFU of 100 TFLOP/s x 1: ~{tok / 1e3:.0f}k tokens/s" in line
