@@ -195,3 +195,21 @@ def test_wavs_byte_identical_across_worker_counts_and_a_kill(tmp_path):
     words = {r["id"]: r["words"] for r in map(json.loads, (ref / "manifest.jsonl").read_text().splitlines())}
     again = {r["id"]: r["words"] for r in map(json.loads, man.read_text().splitlines())}
     assert words == again
+
+
+def test_a_killed_espeak_child_is_an_environment_error(tmp_path, monkeypatch):
+    real = espeak.EspeakBackend._speak_here
+
+    def oom_killed(self, text, voice):  # runs in the forked child, as the OOM killer would strike there
+        if "goat 2" in text:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, text, voice)
+
+    monkeypatch.setattr(espeak.EspeakBackend, "_speak_here", oom_killed)
+    items = [Utterance(f"u{i}", f"Tom fed goat {i}.", "en-us") for i in range(4)]
+    with pytest.raises(SlamError, match="espeak-ng child process ended without audio .signal 9"):
+        tts.synthesize(items, tmp_path, workers=1, progress=False)
+    assert "u2" not in _ids(tmp_path / "manifest.jsonl") and _ids(tmp_path / "rejects.jsonl") == []
+    monkeypatch.setattr(espeak.EspeakBackend, "_speak_here", real)
+    tts.synthesize(items, tmp_path, workers=1, progress=False)
+    assert _ids(tmp_path / "manifest.jsonl") == ["u0", "u1", "u2", "u3"]
