@@ -130,3 +130,40 @@ def test_every_file_and_both_folders_are_fsynced_before_and_after_the_rename(run
     assert [n for n, _ in first[:3]] == list(checkpoint.FILES) and first[3][0].startswith(".step-2.")
     assert not any(renamed for _, renamed in first[:4])  # files and temp folder before the rename
     assert first[4] == ("checkpoints", True)  # the folder holding the new name, after it
+
+
+def test_dpo_resumes_past_a_corrupt_newest_checkpoint(tmp_path, monkeypatch, capsys):
+    import slam.train.engine as engine
+    from tiny import ramp_prefs, slam_model_folder
+
+    start = slam_model_folder(tmp_path / "start", 16)
+    prefs = ramp_prefs(tmp_path / "prefs", start, n_units=16)
+
+    def dpo(out):
+        return ["dpo", "slam-dpo", f"model={start}", f"data.train={prefs}", f"out={out}", "data.val_fraction=0",
+                "data.max_length=128", "batch.size=4", "batch.micro=2", "budget.time=null", "budget.steps=8",
+                "optim.lr=3e-3", "schedule.warmup=0.1", "log_every=1", "eval.every_steps=0",
+                "checkpoint.every_steps=3", "checkpoint.every_minutes=0", "checkpoint.keep_last=2",
+                "precision=fp32", "seed=0"]
+
+    assert main(dpo(tmp_path / "ref")) == 0
+    real, calls = engine.train_step, []
+
+    def dies_at_step_8(*a, **k):
+        calls.append(1)
+        if len(calls) == 8:
+            raise Killed
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_step", dies_at_step_8)
+    with pytest.raises(Killed):
+        main(dpo(tmp_path / "run"))
+    monkeypatch.setattr(engine, "train_step", real)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert [p.name for _, p in checkpoint.step_dirs(ckpts)] == ["step-3", "step-6"]
+    _corrupt(ckpts / "step-6" / "optimizer.pt")
+    capsys.readouterr()
+    assert main(["dpo", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "step-6/optimizer.pt" in err and "resuming from step-3" in err
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "ref")
