@@ -133,6 +133,12 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     q = query.transpose(1, 2).reshape(b * s, hq, d)
     k = key.transpose(1, 2).reshape(b * s, key.shape[1], d)
     v = value.transpose(1, 2).reshape(b * s, value.shape[1], d)
+    if q.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # Under bf16 autocast the embedding output is fp32, so RoPE's fp32 cos/sin turn q and k back into fp32
+        # and the fp32 path (the per-document reference) would run instead of the FlashAttention-2 kernel.
+        # Autocast would cast them for a matmul anyway: do it here, once, so the kernel sees bf16.
+        dt = torch.get_autocast_dtype("cuda")
+        q, k, v = q.to(dt), k.to(dt), v.to(dt)
     which = kernel_name(q.device, q.dtype)
     if which == "torch.varlen_attn":
         out = _torch_varlen_attn(q, k, v, cu, cu, max_len, max_len, scale=scaling, window_size=(-1, 0),

@@ -18,7 +18,6 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -257,8 +256,11 @@ def loaders(cfg: TrainConfig, info: SlamInfo, env: dist.Env) -> tuple[TrainData,
                           f"raise it or give a data.val source")
     weights = [s.weight for s in d.train] if d.train[0].weight is not None else None
     try:
+        # Compiled blocks (static shapes) would recompile for every new count of documents in a batch: on
+        # the GPU the boundaries are padded to a multiple of 64 (a no-op document of length 0) instead.
+        bucket = 64 if (cfg.compile and env.device.type == "cuda") else 0
         train = PackedLoader(train_src, seq_len=d.context, batch_size=cfg.batch.micro, weights=weights,
-                             seed=cfg.seed, rank=env.rank, world_size=env.world, pad_id=info.pad_id)
+                             seed=cfg.seed, rank=env.rank, world_size=env.world, pad_id=info.pad_id, cu_bucket=bucket)
         val = PackedLoader(val_src, seq_len=d.context, batch_size=cfg.batch.micro, shuffle=False, infinite=False,
                            rank=env.rank, world_size=env.world, pad_id=info.pad_id)
         train.plan()

@@ -27,6 +27,7 @@ from slam.train.engine import (Session, StepStats, accumulation, autocast, compi
                                overhead_text, plain_model, prepare_run_folder, resume_state, run_folder_lock,
                                run_loop, seed_everything)
 from slam.train.flops import attention_width, batch_flops, peak_tflops
+from slam.train.memory import plan_for_run
 from slam.train.optim import build_optimizer
 from slam.train.run import Run
 from slam.utils import format_duration
@@ -79,6 +80,9 @@ def _train(cfg: TrainConfig, env: dist.Env, loss_fn: Callable | None) -> Path:
     run.write_provenance({"world_size": env.world, "resumed_from": str(resume_from) if resume_from else None})
 
     model, info = build_model(cfg, train_data.token_layout(cfg))
+    plan = plan_for_run(cfg, model, env)  # ConfigError (exit 2) when batch.micro cannot fit the device
+    if env.main:
+        print(f"slam train: {plan}")
     model.to(env.device)
     train_data.prepare_model(model, env.device)
     if cfg.gradient_checkpointing:
