@@ -42,10 +42,18 @@ def last(calls, key):
     return [(step, d[key]) for step, d in calls if key in d][-1]
 
 
-def offline_file(folder, run_id=None) -> bytes:
-    """The offline run's record file (what `wandb sync` uploads)."""
-    runs = sorted((folder / "wandb").glob(f"offline-run-*{('-' + run_id) if run_id else ''}"))
-    return b"".join(f.read_bytes() for r in runs for f in r.glob("run-*.wandb"))
+def offline_file(folder, run_id=None, wait_for: bytes = b"") -> bytes:
+    """The offline run's record file (what `wandb sync` uploads). W&B's writer process may still be flushing
+    it when `finish()` returns on a busy machine: wait up to 30 s for `wait_for` to appear."""
+    import time
+
+    deadline = time.time() + 30
+    while True:
+        runs = sorted((folder / "wandb").glob(f"offline-run-*{('-' + run_id) if run_id else ''}"))
+        data = b"".join(f.read_bytes() for r in runs for f in r.glob("run-*.wandb"))
+        if wait_for in data or time.time() > deadline:
+            return data
+        time.sleep(0.2)
 
 
 def test_train_and_dpo_log_to_wandb_offline(tmp_path, logged):
@@ -60,7 +68,7 @@ def test_train_and_dpo_log_to_wandb_offline(tmp_path, logged):
     assert last(logged, "val/loss")[1] == pytest.approx([r for r in rows if r["kind"] == "val"][-1]["loss"])
     assert all(("train/tok_per_s" in d) for step, d in logged if "train/loss" in d and step > 1)
     run_id = (run / "wandb-run-id").read_text().strip()
-    record = offline_file(run, run_id)
+    record = offline_file(run, run_id, b"train/loss")
     assert b"train/loss" in record and b"slam-test" in record and b"budget" in record  # values + the recipe
     # a resumed run continues the same W&B run id
     assert main(["train", str(run), "budget.steps=8"]) == 0
@@ -78,7 +86,7 @@ def test_train_and_dpo_log_to_wandb_offline(tmp_path, logged):
                  "wandb.project=slam-test"]) == 0
     assert [step for step, d in logged if "train/reward_accuracy" in d] == [1, 2, 3]
     assert any("train/reward_margin" in d for _, d in logged)
-    assert b"train/reward_accuracy" in offline_file(dpo)
+    assert b"train/reward_accuracy" in offline_file(dpo, wait_for=b"train/reward_accuracy")
 
 
 def test_eval_logs_metrics_and_default_stays_tensorboard(tmp_path, monkeypatch, logged):
@@ -94,7 +102,7 @@ def test_eval_logs_metrics_and_default_stays_tensorboard(tmp_path, monkeypatch, 
     assert main(["eval", str(start), "--bench", f"toy={tmp_path / 'pairs.jsonl'}", "--out", str(out), "--no-cache",
                  "--wandb", "slam-test"]) == 0
     assert last(logged, "eval/toy")[1] == pytest.approx(json.loads(out.read_text())["metrics"]["toy"]["value"])
-    assert last(logged, "eval/toy_n")[1] == 3 and b"eval/toy" in offline_file(out.parent)
+    assert last(logged, "eval/toy_n")[1] == 3 and b"eval/toy" in offline_file(out.parent, wait_for=b"eval/toy")
     # without --wandb / wandb.project: nothing goes to W&B; eval writes into ./eval-results/, not the model folder
     logged.clear()
     monkeypatch.chdir(tmp_path)
