@@ -213,3 +213,28 @@ def test_a_killed_espeak_child_is_an_environment_error(tmp_path, monkeypatch):
     monkeypatch.setattr(espeak.EspeakBackend, "_speak_here", real)
     tts.synthesize(items, tmp_path, workers=1, progress=False)
     assert _ids(tmp_path / "manifest.jsonl") == ["u0", "u1", "u2", "u3"]
+
+
+def test_cli_real_write_failure_is_one_line_exit_2_and_the_rerun_completes(tmp_path):
+    """A real failing write, not a mock: RLIMIT_FSIZE (inherited by the spawned workers) makes every wav
+    over 40 kB fail with EFBIG, as a full disk fails with ENOSPC; both are OSErrors of the machine."""
+    import resource
+
+    text = tmp_path / "t.txt"
+    text.write_text("Hi.\nOk.\n" + "".join(f"Sam saw {i} boats near the old harbor today.\n" for i in range(6)))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "slam.cli", "synth", str(text), "--out", str(out), "--workers", "2"]
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("slam synth: error: stopped:") and "File too large" in last and "rerun" in last
+    assert str(out / "wavs") in last  # names the file it could not write
+    assert not (out / "rejects.jsonl").exists() or _ids(out / "rejects.jsonl") == []
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(_ids(out / "manifest.jsonl")) == 8 and _ids(out / "rejects.jsonl") == []

@@ -149,7 +149,10 @@ def _speak(job: tuple[Utterance, str]) -> dict:
         buf = io.BytesIO()
         sf.write(buf, wav, SAMPLE_RATE, format="WAV", subtype="PCM_16")
         rel = f"wavs/{u.id}.wav"
-        atomic_write_bytes(Path(out_dir) / rel, buf.getvalue())
+        try:
+            atomic_write_bytes(Path(out_dir) / rel, buf.getvalue())
+        except OSError as e:  # a write error names no file by itself: name the wav
+            raise OSError(e.errno, e.strerror, str(Path(out_dir) / rel)) from None
         return {"id": u.id, "audio": rel, "text": u.text, "voice": u.voice, "seconds": round(wav.size / SAMPLE_RATE, 4),
                 "words": [[w, s, e] for w, s, e in words]}
     except Exception as e:  # noqa: BLE001 - one utterance's failure is a reject, the machine's stops the job
