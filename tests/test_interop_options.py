@@ -91,7 +91,7 @@ def test_gradient_checkpointing_gives_the_same_losses(units, tmp_path, monkeypat
 
     def spy(self, *a, **k):
         real(self, *a, **k)
-        enabled.append(self.is_gradient_checkpointing)
+        enabled.append(self.is_activation_checkpointing)
 
     monkeypatch.setattr(PreTrainedModel, "activation_checkpointing_enable", spy)
     plain, ckpt = tmp_path / "plain", tmp_path / "ckpt"
