@@ -1,4 +1,5 @@
-"""User-facing errors: the CLI prints these as one line and exits with code 2 (no traceback)."""
+"""User-facing errors: the CLI prints these as one line (no traceback) and exits with code 2, or 1 for an
+EnvironmentFailure (the machine failed, not the input)."""
 
 
 class SlamError(Exception):
@@ -15,3 +16,8 @@ class AudioError(SlamError):
 
 class MissingDependencyError(SlamError):
     """A system tool or optional package is missing; the message says how to install it."""
+
+
+class EnvironmentFailure(SlamError):
+    """The machine failed, not the input (a full disk, an I/O error, a killed worker): the job stops, nothing
+    is recorded as a bad input, and rerunning the same command resumes it. The CLI exits with code 1."""

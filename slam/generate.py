@@ -16,6 +16,7 @@ samples with left padding and a KV cache, and each output row draws from its own
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from slam.audio import load_audio
 from slam.errors import SlamError
+from slam.lock import lock_beside
 from slam.model import audio_to_units, load_for_inference, load_model_tokenizer
 from slam.text import model_text_tokenizer
 from slam.tokens import SlamInfo, require_interleaved, text_targets
@@ -183,6 +185,21 @@ def _audio_files(path: Path) -> list[Path]:
     return [path]
 
 
+def unique_names(names: list[str], files: Sequence[Path]) -> list[str]:
+    """Output names of audio prompts: the file stem, with its folder path where two stems collide
+    (a/x.wav and b/x.wav -> a-x, b-x): one prompt's output never overwrites another's."""
+    if len(set(names)) == len(names):
+        return names
+    root = Path(os.path.commonpath([str(f.parent.resolve()) for f in files]))
+    out = []
+    for name, f in zip(names, files):
+        if names.count(name) > 1:
+            rel = f.resolve().relative_to(root).with_suffix("")
+            name = "-".join(rel.parts)
+        out.append(name)
+    return out
+
+
 def _units_row(spec: str, info: SlamInfo) -> tuple[str, np.ndarray, np.ndarray]:
     folder, _, row_id = spec.rpartition(":") if not Path(spec).exists() else (spec, "", "")
     meta = read_meta(folder)
@@ -233,7 +250,11 @@ def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[s
             if prompt_seconds:
                 wav = wav[: int(prompt_seconds * 16000)]
             u, d = audio_to_units(tok, wav)
+            if len(u) == 0:  # a continuation of nothing would pass for a continuation of the prompt
+                raise SlamError(f"prompt {f}: {len(wav)} samples ({len(wav) / 16000:.3f} s) make no unit; give at "
+                                f"least one frame of the tokenizer ({1 / tok.frame_rate:.2f} s)")
             names.append(f.stem), units.append(u), durs.append(d), prompt_lengths.append(len(wav) / 16000)
+        names = unique_names(names, files)
     for spec in prompt_units:
         name, u, d = _units_row(spec, info)
         names.append(name), units.append(u), durs.append(d)
@@ -252,34 +273,35 @@ def generate_files(model_dir: str | Path, out: str | Path, *, prompt: Sequence[s
                        prefixes=prefixes, top_p=top_p)
     t_sample = time.perf_counter() - t1
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    single = len(units) == 1 and num_samples == 1
-    records, gen_seconds = [], 0.0
-    for i, name in enumerate(tqdm(names, desc="vocoding", unit="prompt")):
-        for s in range(num_samples):
-            path = out if single else out.with_name(f"{out.stem}.{name}.{s}{out.suffix or '.wav'}")
-            all_units = np.concatenate([units[i], new[i][s]])
-            # the prompt keeps its true timing; the generated units' durations are the vocoder's to fill (0)
-            all_durs = np.concatenate([durs[i], np.zeros(len(new[i][s]), np.int64)])
-            wav = vocoder.vocode(all_units, all_durs)
-            sf.write(path, wav, vocoder.sample_rate)
-            cont_s = (len(wav) - int(durs[i].sum()) * vocoder.samples_per_frame) / vocoder.sample_rate
-            gen_seconds += cont_s
-            records.append({"file": path.name, "prompt": name, "sample": s, "seed": seed,
-                            "prompt_units": units[i].tolist(), "prompt_durations": durs[i].tolist(),
-                            "units": new[i][s].tolist(), "seconds": len(wav) / vocoder.sample_rate,
-                            "continuation_seconds": cont_s, **({"prompt_text": texts[i]} if texts[i] else {})})
-    jsonl = out.with_suffix(".units.jsonl")
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
-    n_new = len(records) * max_new_tokens
-    print(f"Generated {len(records)} continuation(s) of {len(names)} prompt(s) "
-          f"({sum(prompt_lengths):.1f} s of prompt audio) with temperature {temperature}, top-k {top_k}, "
-          f"top-p {top_p or 1.0}, "
-          f"repetition penalty {repetition_penalty or 1.0}, seed {seed}: {n_new} units in "
-          f"{t_sample:.1f} s ({n_new / max(t_sample, 1e-9):.0f} units/s), {gen_seconds:.1f} s of generated "
-          f"speech; audio in {out if single else out.parent}, units in {jsonl} "
-          f"({time.perf_counter() - t0:.1f} s in all).")
-    return records
+    with lock_beside(out, "generate"):  # one writer per output name (and the files named after it)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        single = len(units) == 1 and num_samples == 1
+        records, gen_seconds = [], 0.0
+        for i, name in enumerate(tqdm(names, desc="vocoding", unit="prompt")):
+            for s in range(num_samples):
+                path = out if single else out.with_name(f"{out.stem}.{name}.{s}{out.suffix or '.wav'}")
+                all_units = np.concatenate([units[i], new[i][s]])
+                # the prompt keeps its true timing; the generated units' durations are the vocoder's to fill (0)
+                all_durs = np.concatenate([durs[i], np.zeros(len(new[i][s]), np.int64)])
+                wav = vocoder.vocode(all_units, all_durs)
+                sf.write(path, wav, vocoder.sample_rate)
+                cont_s = (len(wav) - int(durs[i].sum()) * vocoder.samples_per_frame) / vocoder.sample_rate
+                gen_seconds += cont_s
+                records.append({"file": path.name, "prompt": name, "sample": s, "seed": seed,
+                                "prompt_units": units[i].tolist(), "prompt_durations": durs[i].tolist(),
+                                "units": new[i][s].tolist(), "seconds": len(wav) / vocoder.sample_rate,
+                                "continuation_seconds": cont_s, **({"prompt_text": texts[i]} if texts[i] else {})})
+        jsonl = out.with_suffix(".units.jsonl")
+        jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+        n_new = len(records) * max_new_tokens
+        print(f"Generated {len(records)} continuation(s) of {len(names)} prompt(s) "
+              f"({sum(prompt_lengths):.1f} s of prompt audio) with temperature {temperature}, top-k {top_k}, "
+              f"top-p {top_p or 1.0}, "
+              f"repetition penalty {repetition_penalty or 1.0}, seed {seed}: {n_new} units in "
+              f"{t_sample:.1f} s ({n_new / max(t_sample, 1e-9):.0f} units/s), {gen_seconds:.1f} s of generated "
+              f"speech; audio in {out if single else out.parent}, units in {jsonl} "
+              f"({time.perf_counter() - t0:.1f} s in all).")
+        return records
 
 
 def _generate_text_files(model: Any, info: SlamInfo, model_dir: str | Path, out: str | Path, tok: Any,

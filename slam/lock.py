@@ -53,9 +53,9 @@ class OutputLock:
     """A held lock on `folder`; `release()` (or leaving the `with` block) gives it back. Releasing twice is
     harmless; a process that ends without releasing releases anyway (kernel)."""
 
-    def __init__(self, folder: Path, command: str, fd: int) -> None:
+    def __init__(self, folder: Path, command: str, fd: int, path: Path | None = None) -> None:
         self.folder, self.command, self._fd = folder, command, fd
-        self.path = folder / LOCK_NAME
+        self.path = path or folder / LOCK_NAME
 
     @property
     def held(self) -> bool:
@@ -88,9 +88,22 @@ def lock_output(folder: str | Path, command: str) -> OutputLock:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise SlamError(f"{folder}: the output folder is a file; pass a folder")
-    path = folder / LOCK_NAME
+    return _take(folder / LOCK_NAME, folder, command)
+
+
+def lock_beside(target: str | Path, command: str) -> OutputLock:
+    """The same lock for a command whose output is a file and files named after it (`slam eval`'s
+    results.json, `slam generate`'s OUT.wav): `TARGET.lock` beside it, so two commands writing other files
+    into the same folder do not exclude each other."""
+    target = Path(target)
+    if target.is_dir():
+        raise SlamError(f"{target}: is a folder; give the output file's name")
+    return _take(target.with_name(target.name + ".lock"), target, command)
+
+
+def _take(path: Path, what: Path, command: str) -> OutputLock:
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
         raise SlamError(f"{path}: cannot create the output lock ({e.strerror}); check the --out folder's "
@@ -100,8 +113,8 @@ def lock_output(folder: str | Path, command: str) -> OutputLock:
     except OSError as e:
         os.close(fd)
         if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise SlamError(f"{path}: cannot lock the output folder ({e.strerror})") from None
-        raise SlamError(_refusal(folder, path)) from None
+            raise SlamError(f"{path}: cannot lock the output ({e.strerror})") from None
+        raise SlamError(_refusal(what, path)) from None
     info = {"pid": os.getpid(), "command": command, "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
@@ -109,7 +122,7 @@ def lock_output(folder: str | Path, command: str) -> OutputLock:
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
     except OSError:  # a full disk: the lock holds anyway, only the message of a refused writer is poorer
         pass
-    return OutputLock(folder, command, fd)
+    return OutputLock(path.parent, command, fd, path)
 
 
 def _refusal(folder: Path, path: Path) -> str:

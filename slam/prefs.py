@@ -46,7 +46,7 @@ from slam.units.dataset import iter_rows, read_meta
 from slam.units.hf import hub_offline_reason
 from slam.units.tokenize import tokenize_audio
 from slam.units.tokenizer import load_tokenizer, tokenize
-from slam.utils import atomic_write_json, atomic_write_text
+from slam.utils import atomic_write_json, atomic_write_text, read_jsonl_objects
 
 FIELDS = ("prompt", "chosen", "rejected")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
@@ -113,17 +113,9 @@ def read_jsonl_prefs(path: str | Path, info: SlamInfo | None = None,
     from tqdm import tqdm
 
     path = Path(path)
-    if not path.exists():
-        raise SlamError(f"preference file {str(path)!r} does not exist")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SlamError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not all(k in row for k in FIELDS):
+    for n, row in read_jsonl_objects(path, "preference file"):
+        if not all(k in row for k in FIELDS):
             raise SlamError(f"{path}:{n}: each line needs prompt, chosen and rejected")
         rows.append((n, row))
     tok = None

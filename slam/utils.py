@@ -62,6 +62,31 @@ def commit_dir(tmp: Path, final: str | Path) -> None:
         os.replace(tmp, final)
 
 
+def read_jsonl_objects(path: str | Path, what: str = "file") -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a user's jsonl (pairs, preferences, imports). Strict,
+    unlike `read_jsonl`: a missing file, bytes that are not UTF-8, a line that is not JSON or not an object is
+    one SlamError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlamError(f"{what} {str(path)!r} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SlamError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SlamError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise SlamError(f"{path}:{n}: each line must be a JSON object")
+        rows.append((n, row))
+    return rows
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of an append-only jsonl (none if the file is missing). A line that does not parse was cut by a
     kill mid-append: it is skipped, and whatever it recorded is redone by the resumed job."""

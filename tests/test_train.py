@@ -254,7 +254,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(units, tmp_path, capsys
     from slam.lock import lock_output
 
     run = tmp_path / "busy"
-    with lock_output(run, "slam train"):  # as another `slam train` on the same folder would hold it
+    with lock_output(run, "train"):  # as another `slam train` on the same folder would hold it
         assert main(["train", "tiny-cpu", *train_overrides(units, run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(os.getpid()) in err[0], err

@@ -10,7 +10,7 @@ import errno
 import importlib
 import sys
 
-from slam.errors import SlamError
+from slam.errors import EnvironmentFailure, SlamError
 
 # Failures of the machine, not of the input (full disk, quota, I/O error, too many open files, read-only file
 # system): one line and exit code 1, never recorded as a bad input by any stage.
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
+    except EnvironmentFailure as e:  # before SlamError, its base: the input was fine, the machine was not
+        print(f"slam {name}: error: {e}", file=sys.stderr)
+        return 1
     except SlamError as e:
         print(f"slam {name}: error: {e}", file=sys.stderr)
         return 2

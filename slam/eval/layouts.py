@@ -25,7 +25,6 @@ counts ids, not voice pairs); every other layout has one comparison per unit. La
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 from slam.errors import SlamError
 from slam.eval import salmon
+from slam.utils import read_jsonl_objects
 
 LAYOUTS = ("zerospeech-lexical", "zerospeech-syntactic", "storycloze", "slamkit-numbered", "salmon", "pairs.jsonl")
 EXPECTED = ("expected one of: a ZeroSpeech 2021 lexical|syntactic/{dev,test} folder with its gold.csv; a Spoken "
@@ -247,13 +247,10 @@ def read_salmon_part(folder: str | Path, name: str | None = None) -> Benchmark:
 def read_pairs_jsonl(path: str | Path) -> Benchmark:
     path = Path(path)
     pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, r in read_jsonl_objects(path, "pairs file"):
         try:
-            r = json.loads(line)
             pos, neg = path.parent / r["positive"], path.parent / r["negative"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise SlamError(f"{path}:{n}: expected a JSON object with positive and negative paths ({e})") from None
         for p in (pos, neg):
             if not p.exists():

@@ -1,13 +1,12 @@
-"""Every requested metric of one model in one run, as results.json and a table (the engine of `slam eval`).
+"""Every requested metric of one model in one run, as results.json and a table (the engine of `slam eval`;
+its options and the benchmark layouts are described in slam/cli/eval.py and docs/evaluation.md).
 
-    slam eval MODEL_DIR --bench sblimp=zr2021/syntactic/dev --bench ssc=sSC --bench tsc=tSC \\
-              [--genppl PROMPTS_DIR] [--out results.json] [--score mean|sum]
+    results = evaluate_model("runs/slam/final", bench=["sblimp=zr2021/syntactic/dev", "salmon=salmon/"],
+                             genppl="sSC/", out="results.json")
+    results["metrics"]["sblimp"]["value"], results["metrics"]["sblimp"]["ci95"]
 
---bench NAME=PATH (repeatable): a ZeroSpeech 2021 lexical/syntactic split folder (scored as the official
-scorer), a Spoken StoryCloze folder, slamkit's repackaged folders, a SALMon folder (`salmon=PATH`: all eight
-parts; `salmon/<part>=PATH`: one) or a pairs.jsonl (see slam.eval.layouts, docs/evaluation.md).
---genppl PROMPTS_DIR: GenPPL + auto-BLEU from the first --n-prompts files cut to --prompt-seconds (see
-slam.eval.genppl); the transcripts go to OUT.genppl.jsonl.
+Pair benchmarks are read first (a layout error costs no model loading), then the model and its speech
+tokenizer once for every metric.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from slam.eval.genppl import build_genppl_parts, evaluate_genppl
 from slam.eval.judge import LocalJudge, evaluate_judge, load_template
 from slam.eval.layouts import expand_bench
 from slam.eval.pairs import default_cache_dir, evaluate_pairs
+from slam.lock import lock_beside
 from slam.model import load_for_inference, load_model_tokenizer
 from slam.tracking import log_eval
 from slam.text import model_text_tokenizer
@@ -135,64 +135,65 @@ def evaluate_model(model_dir: str | Path, *, bench: Sequence[str] = (), genppl: 
     # by default never into the model's folder (a hub download's cache, a published model): results go to
     # ./eval-results/<model>.json; `--out MODEL_DIR/results.json` puts them beside the model when asked
     out = Path(out) if out else Path("eval-results") / f"{default_results_name(model_dir)}.json"
-    if xmodal:
-        text_tok = model_text_tokenizer(info, model_dir)
-        for name, path in xmodal:
-            work = Path(cross_modal_work) if cross_modal_work else out.parent / f"crossmodal-{name}"
-            if path.is_dir():  # the published layout: all four directions from its own recordings
-                print(f"[{name}] cross-modal story cloze (t2t, t2s, s2t, s2s) from {path}")
-                r = cross_modal_square(model, info, text_tok, tokenizer, path, n=cross_modal_n, cache_dir=cache_dir,
-                                       batch_tokens=batch_tokens, score=score, span=cross_modal_span)
-                for d in DIRECTIONS:
-                    metrics[f"{name}-{d}"] = r[d]
-                continue
-            print(f"[{name}] cross-modal story cloze from {path} (audio in {work})")
-            r = cross_modal_cloze(model, info, text_tok, tokenizer, path, work, n=cross_modal_n,
-                                  cache_dir=cache_dir, batch_tokens=batch_tokens, score=score)
-            metrics[f"{name}-t2s"], metrics[f"{name}-s2t"] = r["t2s"], r["s2t"]
-    if genppl:
-        vocoder = load_vocoder(info, model_dir, vocoder, device=device)
-        asr_model, text_model = build_genppl_parts(genppl_protocol, asr, text_lm, device=device)
-        r = evaluate_genppl(model, info, genppl, tokenizer=tokenizer, vocoder=vocoder, asr=asr_model,
-                            text_lm=text_model, protocol=genppl_protocol, prompt_cut=prompt_cut,
-                            alignment_dir=alignment_dir, min_file_seconds=min_file_seconds,
-                            audio_dir=out.with_suffix(".genppl"), n_prompts=n_prompts, prompt_seconds=prompt_seconds,
-                            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            repetition_penalty=repetition_penalty, seed=seed,
-                            batch_size=gen_batch_size,
-                            dedup=bool(info.tokenizer.get("dedup", True)))
-        samples = r.pop("samples")
-        transcripts = out.with_suffix(".genppl.jsonl")
-        transcripts.parent.mkdir(parents=True, exist_ok=True)
-        transcripts.write_text("".join(json.dumps(s) + "\n" for s in samples))
-        r["transcripts"] = transcripts.name
-        r["audio"] = out.with_suffix(".genppl").name + "/"
-        metrics["genppl"] = r
-    if judge:
-        voc = vocoder if genppl else load_vocoder(info, model_dir, vocoder, device=device)
-        asr_j = asr_model if genppl else build_genppl_parts(genppl_protocol, asr, None, device=device, text_lm_too=False)[0]
-        jr = evaluate_judge(model, info, judge_prompts or genppl, tokenizer=tokenizer, vocoder=voc, asr=asr_j,
-                            judge=LocalJudge(judge, judge_t, device=device, seed=seed), protocol=genppl_protocol,
-                            n_prompts=judge_n, alignment_dir=alignment_dir, max_new_tokens=max_new_tokens,
-                            temperature=temperature, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
-                            batch_size=gen_batch_size, dedup=bool(info.tokenizer.get("dedup", True)),
-                            audio_dir=out.with_suffix(".judge"))
-        samples = jr.pop("samples")
-        answers = out.with_suffix(".judge.jsonl")
-        answers.parent.mkdir(parents=True, exist_ok=True)
-        answers.write_text("".join(json.dumps(s) + "\n" for s in samples))
-        jr["answers"], jr["audio"] = answers.name, out.with_suffix(".judge").name + "/"
-        metrics["judge"] = jr
-    results = {"model": {"path": str(Path(model_dir).resolve()), "hash": model_hash(model_dir),
-                         "tokenizer_hash": tokenizer.hash, "n_units": info.n_units},
-               "metrics": metrics, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-               "provenance": provenance()}
-    atomic_write_json(out, results)
-    if wandb:  # optional extra: metrics with their CIs and the generated audio, beside TensorBoard-free eval
-        log_eval(wandb, results, out, [out.with_suffix(".genppl"), out.with_suffix(".judge")])
-    print(table(metrics))
-    parts = [f"{n} {_fmt(r['value'])}{' %' if r['metric'] == 'accuracy' else ''} (n={r['n']})"
-             for n, r in metrics.items()]
-    print(f"Evaluated {model_dir} (model hash {(results['model']['hash'] or 'n/a')[:12]}) on {len(metrics)} metric(s) "
-          f"in {time.perf_counter() - t0:.1f} s: {', '.join(parts)}. Results in {out}.")
-    return results
+    with lock_beside(out, "eval"):  # one writer per results file (and the files named after it)
+        if xmodal:
+            text_tok = model_text_tokenizer(info, model_dir)
+            for name, path in xmodal:
+                work = Path(cross_modal_work) if cross_modal_work else out.parent / f"crossmodal-{name}"
+                if path.is_dir():  # the published layout: all four directions from its own recordings
+                    print(f"[{name}] cross-modal story cloze (t2t, t2s, s2t, s2s) from {path}")
+                    r = cross_modal_square(model, info, text_tok, tokenizer, path, n=cross_modal_n, cache_dir=cache_dir,
+                                           batch_tokens=batch_tokens, score=score, span=cross_modal_span)
+                    for d in DIRECTIONS:
+                        metrics[f"{name}-{d}"] = r[d]
+                    continue
+                print(f"[{name}] cross-modal story cloze from {path} (audio in {work})")
+                r = cross_modal_cloze(model, info, text_tok, tokenizer, path, work, n=cross_modal_n,
+                                      cache_dir=cache_dir, batch_tokens=batch_tokens, score=score)
+                metrics[f"{name}-t2s"], metrics[f"{name}-s2t"] = r["t2s"], r["s2t"]
+        if genppl:
+            vocoder = load_vocoder(info, model_dir, vocoder, device=device)
+            asr_model, text_model = build_genppl_parts(genppl_protocol, asr, text_lm, device=device)
+            r = evaluate_genppl(model, info, genppl, tokenizer=tokenizer, vocoder=vocoder, asr=asr_model,
+                                text_lm=text_model, protocol=genppl_protocol, prompt_cut=prompt_cut,
+                                alignment_dir=alignment_dir, min_file_seconds=min_file_seconds,
+                                audio_dir=out.with_suffix(".genppl"), n_prompts=n_prompts, prompt_seconds=prompt_seconds,
+                                max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                                repetition_penalty=repetition_penalty, seed=seed,
+                                batch_size=gen_batch_size,
+                                dedup=bool(info.tokenizer.get("dedup", True)))
+            samples = r.pop("samples")
+            transcripts = out.with_suffix(".genppl.jsonl")
+            transcripts.parent.mkdir(parents=True, exist_ok=True)
+            transcripts.write_text("".join(json.dumps(s) + "\n" for s in samples))
+            r["transcripts"] = transcripts.name
+            r["audio"] = out.with_suffix(".genppl").name + "/"
+            metrics["genppl"] = r
+        if judge:
+            voc = vocoder if genppl else load_vocoder(info, model_dir, vocoder, device=device)
+            asr_j = asr_model if genppl else build_genppl_parts(genppl_protocol, asr, None, device=device, text_lm_too=False)[0]
+            jr = evaluate_judge(model, info, judge_prompts or genppl, tokenizer=tokenizer, vocoder=voc, asr=asr_j,
+                                judge=LocalJudge(judge, judge_t, device=device, seed=seed), protocol=genppl_protocol,
+                                n_prompts=judge_n, alignment_dir=alignment_dir, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+                                batch_size=gen_batch_size, dedup=bool(info.tokenizer.get("dedup", True)),
+                                audio_dir=out.with_suffix(".judge"))
+            samples = jr.pop("samples")
+            answers = out.with_suffix(".judge.jsonl")
+            answers.parent.mkdir(parents=True, exist_ok=True)
+            answers.write_text("".join(json.dumps(s) + "\n" for s in samples))
+            jr["answers"], jr["audio"] = answers.name, out.with_suffix(".judge").name + "/"
+            metrics["judge"] = jr
+        results = {"model": {"path": str(Path(model_dir).resolve()), "hash": model_hash(model_dir),
+                             "tokenizer_hash": tokenizer.hash, "n_units": info.n_units},
+                   "metrics": metrics, "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "provenance": provenance()}
+        atomic_write_json(out, results)
+        if wandb:  # optional extra: metrics with their CIs and the generated audio, beside TensorBoard-free eval
+            log_eval(wandb, results, out, [out.with_suffix(".genppl"), out.with_suffix(".judge")])
+        print(table(metrics))
+        parts = [f"{n} {_fmt(r['value'])}{' %' if r['metric'] == 'accuracy' else ''} (n={r['n']})"
+                 for n, r in metrics.items()]
+        print(f"Evaluated {model_dir} (model hash {(results['model']['hash'] or 'n/a')[:12]}) on {len(metrics)} metric(s) "
+              f"in {time.perf_counter() - t0:.1f} s: {', '.join(parts)}. Results in {out}.")
+        return results

@@ -506,6 +506,11 @@ def write(out_dir: str | Path, stories: int = 20000, pairs: int = 1000, prefs: i
           progress: bool = False, topics: int | None = None) -> dict:
     """Write the corpus layout of the module docstring; returns the summary written to corpus.json."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SlamError(f"--out {out}: exists and is a file; the corpus is a folder")
+    for name, n, least in (("stories", stories, 1), ("pairs", pairs, 0), ("prefs", prefs, 0)):
+        if n < least:
+            raise SlamError(f"--{name} must be {least} or more, got {n}")
     c = build(stories=stories, pairs=pairs, prefs=prefs, seed=seed, progress=progress, topics=topics)
     sentences = list(dict.fromkeys(s for line in c["stories"] for s in split_sentences(line)))
     atomic_write_text(out / "stories.txt", "\n".join(c["stories"]) + "\n")

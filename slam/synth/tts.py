@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import inspect
 import io
 import json
 import multiprocessing as mp
@@ -49,7 +50,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from slam.errors import SlamError
+from slam.errors import EnvironmentFailure, MissingDependencyError, SlamError
+from slam.lock import lock_output
 from slam.utils import atomic_write_bytes, atomic_write_text, format_duration
 
 MANIFEST = "manifest.jsonl"
@@ -76,9 +78,23 @@ def load_backend(spec: str = "espeak") -> TTSBackend:
         raise SlamError(f"unknown TTS backend {spec!r}: use espeak or package.module:Class")
     module, cls = target.split(":", 1)
     try:
-        return getattr(importlib.import_module(module), cls)()
+        obj = getattr(importlib.import_module(module), cls)
     except (ImportError, AttributeError) as e:
         raise SlamError(f"cannot load TTS backend {spec!r}: {e}") from e
+    # only a class that looks like a backend is ever called: `os:system` or any other function is refused
+    # before it could run
+    if not inspect.isclass(obj) or not callable(getattr(obj, "synthesize", None)):
+        raise SlamError(f"--backend {spec!r}: not a TTS backend class (a class with synthesize(text, voice) and "
+                        f"default_voices)")
+    try:
+        backend = obj()
+    except MissingDependencyError:
+        raise
+    except Exception as e:  # a third-party backend's own failure, in one line
+        raise SlamError(f"cannot start TTS backend {spec!r}: {type(e).__name__}: {e}") from None
+    if not getattr(backend, "default_voices", None):
+        raise SlamError(f"--backend {spec!r}: the backend names no default_voices")
+    return backend
 
 
 @dataclass(frozen=True)
@@ -224,11 +240,11 @@ class _Workers:
                     raise self._dead(i)
                 feed(i)
 
-    def _dead(self, i: int) -> SlamError:
+    def _dead(self, i: int) -> EnvironmentFailure:
         self.procs[i].join(1)
         code = self.procs[i].exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return SlamError(f"stopped: synthesis worker process {self.procs[i].pid} ended ({how}: out of memory "
+        return EnvironmentFailure(f"stopped: synthesis worker process {self.procs[i].pid} ended ({how}: out of memory "
                          f"or killed?) with {self.pending[i]} utterances in hand; nothing was recorded as "
                          f"rejected for them: rerun the same command, which retries every utterance not written")
 
@@ -311,16 +327,23 @@ class _Appender:
             os.close(self.fd)
 
 
-def _stopped(what: str, n_left: int) -> SlamError:
-    return SlamError(f"stopped: {what}; nothing was recorded as rejected for it: fix that (free disk space, "
+def _stopped(what: str, n_left: int) -> EnvironmentFailure:
+    return EnvironmentFailure(f"stopped: {what}; nothing was recorded as rejected for it: fix that (free disk space, "
                      f"raise `ulimit -n`, ...) and rerun the same command, which retries the {n_left} "
                      f"utterances not written")
 
 
 def synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str = "espeak", workers: int = 1,
                progress: bool = True) -> dict:
-    """Speak `items` into `out_dir` (layout in the module docstring), skipping ids already done.
-    Returns a summary: counts, seconds of audio, wall time, x realtime."""
+    """Speak `items` into `out_dir` (layout in the module docstring), skipping ids already done; one writer
+    per folder (slam.lock: a second process is refused, naming the first). Returns a summary: counts,
+    seconds of audio, wall time, x realtime."""
+    with lock_output(out_dir, "synth"):
+        return _synthesize(items, out_dir, backend, workers, progress)
+
+
+def _synthesize(items: Iterable[Utterance], out_dir: str | Path, backend: str, workers: int,
+                progress: bool) -> dict:
     out = Path(out_dir)
     items = list(items)
     seen: set[str] = set()
@@ -452,7 +475,13 @@ def synthesize_pairs(text_jsonl: str | Path, out_dir: str | Path, voices: list[s
         for field in text_fields(row):
             items.append(Utterance(f"{row['id']}-{field}", row[field], voice))
     out = Path(out_dir)
-    summary = synthesize(items, out, backend=backend, workers=workers, progress=progress)
+    with lock_output(out, "synth"):
+        summary = _synthesize(items, out, backend, workers, progress)
+        return _write_twin(rows, text_jsonl, out, summary)
+
+
+def _write_twin(rows: list[dict], text_jsonl: Path, out: Path, summary: dict) -> tuple[Path, dict]:
+    """OUT/<name of the text file>: the rows with each text replaced by its wav path (the audio twin)."""
     audio = {r["id"]: r["audio"] for r in read_jsonl(out / MANIFEST)}
     lines, dropped = [], 0
     for row in rows:

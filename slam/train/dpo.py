@@ -234,7 +234,7 @@ def _dpo(cfg: DPOConfig, env: dist.Env, held: ExitStack) -> Path:
     t_setup = time.perf_counter()
     seed_everything(cfg.seed)
     policy, info = load_start_model(cfg, env.device, trainable=True)  # a bad model= fails before any write
-    held.enter_context(run_folder_lock(cfg, env, "slam dpo"))
+    held.enter_context(run_folder_lock(cfg, env, "dpo"))
     run, resume_from = prepare_run_folder(cfg, env)
     run.write_config(cfg)
     run.write_provenance({"stage": "dpo", "world_size": env.world,

@@ -60,7 +60,7 @@ def train(cfg: TrainConfig, loss_fn: Callable | None = None) -> Path:
     defaults to slam.data.causal_lm_loss (tests pass a wrapper to inject faults)."""
     env = dist.init()
     try:
-        with run_folder_lock(cfg, env, "slam train"):
+        with run_folder_lock(cfg, env, "train"):
             return _train(cfg, env, loss_fn)
     finally:
         dist.shutdown()

@@ -37,7 +37,7 @@ from slam.errors import SlamError
 from slam.units.dataset import META, UnitsWriter, read_meta
 from slam.units.tokenize import tokenize_audio
 from slam.units.tokenizer import load_tokenizer
-from slam.utils import atomic_write_text
+from slam.utils import atomic_write_text, read_jsonl_objects
 
 _UNIT = re.compile(r"<Un(\d+)>")
 PREF_FIELDS = ("prompt", "chosen", "rejected")
@@ -59,24 +59,7 @@ def _check_out(out: Path) -> None:
 
 
 def _read_lines(path: Path) -> list[tuple[int, dict]]:
-    if not path.is_file():
-        raise SlamError(f"{path}: no such file")
-    rows = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            lines = f.read().splitlines()
-        except UnicodeDecodeError as e:
-            raise SlamError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SlamError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise SlamError(f"{path}:{n}: each line must be a JSON object")
-        rows.append((n, row))
+    rows = read_jsonl_objects(path, "slamkit file")
     if not rows:
         raise SlamError(f"{path}: holds no lines; nothing to import")
     return rows

@@ -31,6 +31,7 @@ import torch
 
 from slam.audio import EXTENSIONS, REJECT, find_audio, load_audio, load_audio_bytes
 from slam.errors import AudioError, SlamError
+from slam.lock import lock_beside
 from slam.units.dataset import META, REJECTS, UnitsWriter, check_compatible, dedup, read_meta
 from slam.units.hf import Entry, LocalHF, is_hf_source, open_hf
 from slam.units.kmeans import free_cores
@@ -238,10 +239,24 @@ def tokenize_audio(audio: str | Path, tokenizer: str, out: str | Path, *, dedup_
             "dedup": do_dedup, "sample_rate": tok.sample_rate, "tokenizer_kind": tok.kind}
     if (out / META).exists():
         check_compatible(read_meta(out), meta, out)  # before touching anything in the folder
+    tag = f"{shard_i:03d}of{shard_n:03d}"
+    # One writer per shard of the folder (shards on other machines write beside it on purpose); held until
+    # this process ends (the kernel releases it even on kill -9).
+    held = lock_beside(out / f".shard-{tag}", f"tokenize --shard {shard_i}/{shard_n}")
+    try:
+        return _tokenize_shard(out, tag, source, tok, meta, audio, do_dedup, workers, batch_size, shard_rows,
+                               flush_seconds, (shard_i, shard_n))
+    finally:
+        held.release()
+
+
+def _tokenize_shard(out: Path, tag: str, source: Any, tok: Any, meta: dict, audio: Any, do_dedup: bool,
+                    workers: int, batch_size: int | None, shard_rows: int, flush_seconds: float,
+                    shard: tuple[int, int]) -> dict[str, Any]:
+    shard_i, shard_n = shard
     # The dataset embeds its tokenizer: meta["tokenizer"] + root=out loads the very same units back.
     meta["tokenizer"] = tok.save_to(out)
     meta["audio"] = str(audio)
-    tag = f"{shard_i:03d}of{shard_n:03d}"
     for stale in out.glob(f".part-{tag}-*.tmp"):  # a shard half-written when a previous run was killed
         stale.unlink(missing_ok=True)
     writer = UnitsWriter(out, meta, shard_tag=tag, rows_per_shard=max(1, shard_rows))
