@@ -358,6 +358,9 @@ def save_model(model: nn.Module, info: SlamInfo, folder: str | Path,
     folder = Path(folder)
     if info.vocab_size != model.config.vocab_size:
         raise SlamError(f"slam.json vocab_size {info.vocab_size} != model vocab_size {model.config.vocab_size}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per save is noise between slam's lines
     _refuse_foreign_folder(folder)
     _set_special_ids(model, info)
     tmp = atomic_dir(folder)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -289,7 +290,16 @@ def prepare_run_folder(cfg: RunConfig, env: dist.Env) -> tuple[Run, Path | None]
             for stale in checkpoint.cleanup(ckpts):
                 print(f"slam: removed {stale.name} (a checkpoint write that was interrupted)")
         dist.barrier()
-        resume_from = checkpoint.latest(ckpts)
+        # the newest checkpoint that verifies (sizes and sha256 of its files): a damaged newest one, e.g. a
+        # disk that filled during its write, is skipped with its reason and the run resumes from the one before
+        resume_from, skipped = checkpoint.resume_point(ckpts)
+        if env.main:
+            for reason in skipped:
+                print(f"slam: skipping a damaged checkpoint: {reason}", file=sys.stderr)
+        if resume_from is None and skipped:
+            raise SlamError(f"{ckpts}: no whole checkpoint to resume from ({'; '.join(skipped)})")
+        if skipped and env.main:
+            print(f"slam: resuming from {resume_from.name}", file=sys.stderr)
     return run, resume_from
 
 
