@@ -33,13 +33,13 @@ import array
 import ctypes.util
 import os
 import re
-import signal
 import struct
 
 import numpy as np
 import soxr
 
 from slam.errors import MissingDependencyError, SlamError
+from slam.utils import die_with_parent
 
 INSTALL = "install it with: apt-get install -y espeak-ng"
 
@@ -192,7 +192,7 @@ class EspeakBackend:
             status = 3
             try:
                 os.close(r)
-                _die_with_parent(parent)
+                die_with_parent(parent)
                 _libc_srand(1)
                 EspeakBackend._engine_voice = None
                 try:
@@ -245,18 +245,6 @@ class EspeakBackend:
 def _libc_srand(seed: int) -> None:
     """espeak-ng 1.51 draws noise from libc's rand() (1.52 has its own generator, seeded per utterance)."""
     ctypes.CDLL(None).srand(ctypes.c_uint(seed))
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this process when its parent ends (Linux prctl PR_SET_PDEATHSIG), so a
-    killed run leaves no helper running and none prints a BrokenPipe traceback. If the parent ended before
-    the prctl, end now. Elsewhere the helper notices the parent's end at its next read/write instead."""
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:
-        os._exit(0)
 
 
 def word_times(text: str, starts: list[tuple[int, float]], audio: np.ndarray, sr: int) -> list[tuple[str, float, float]]:

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from slam.errors import EnvironmentFailure, MissingDependencyError, SlamError
 from slam.lock import lock_output
-from slam.utils import atomic_write_bytes, atomic_write_text, format_duration
+from slam.utils import atomic_write_bytes, atomic_write_text, die_with_parent, format_duration
 
 MANIFEST = "manifest.jsonl"
 REJECTS = "rejects.jsonl"
@@ -180,9 +180,7 @@ def _speak(job: tuple[Utterance, str]) -> dict:
 
 def _worker_main(conn: Any, backend: str, parent: int) -> None:
     """A spawned worker: batches of jobs in, one row per job out, until None or the parent is gone."""
-    from slam.synth.espeak import _die_with_parent
-
-    _die_with_parent(parent)
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
     try:
         _init_worker(backend)

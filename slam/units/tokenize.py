@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -36,7 +37,7 @@ from slam.units.dataset import META, REJECTS, UnitsWriter, check_compatible, ded
 from slam.units.hf import Entry, LocalHF, is_hf_source, open_hf
 from slam.units.kmeans import free_cores
 from slam.units.tokenizer import load_tokenizer
-from slam.utils import format_duration
+from slam.utils import die_with_parent, format_duration
 
 CHUNK_FILES = 8  # files per worker task: amortises inter-process overhead (~0.2 ms a task) over ~8 files
 
@@ -56,17 +57,15 @@ _TOK: Any = None
 _DEDUP = True
 
 
-def _init_worker() -> None:
-    import torch
-
+def _init_worker(parent: int) -> None:
+    die_with_parent(parent)  # a killed `slam tokenize` leaves no worker behind, and none prints a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent handles it
     torch.set_num_threads(1)  # one process per core; threads inside would only fight over the cores
 
 
-def _load_worker(spec: dict, do_dedup: bool) -> None:
+def _load_worker(spec: dict, do_dedup: bool, parent: int) -> None:
     """Spawn start (no fork on this OS): load the tokenizer in the worker."""
-    from slam.units.tokenizer import load_tokenizer
-
-    _init_worker()
+    _init_worker(parent)
     _set_tokenizer(load_tokenizer(spec, device="cpu"), do_dedup)
 
 
@@ -304,9 +303,9 @@ def _tokenize_shard(out: Path, tag: str, source: Any, tok: Any, meta: dict, audi
             _set_tokenizer(tok, do_dedup)
             if workers > 1 and (mine is None or len(mine) - skipped > CHUNK_FILES):
                 if ctx.get_start_method() == "fork":
-                    pool = ctx.Pool(workers, initializer=_init_worker)
+                    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(os.getpid(),))
                 else:
-                    pool = ctx.Pool(workers, initializer=_load_worker, initargs=(tok.spec, do_dedup))
+                    pool = ctx.Pool(workers, initializer=_load_worker, initargs=(tok.spec, do_dedup, os.getpid()))
             for results in _bounded_map(_mel_chunk, chunks(), pool, 2 * workers):
                 for res in results:
                     emit(res)
@@ -317,7 +316,7 @@ def _tokenize_shard(out: Path, tag: str, source: Any, tok: Any, meta: dict, audi
             if tok.hubert.device.type == "cpu":
                 torch.set_num_threads(free_cores())  # OpenMP threads on busy cores spin-wait (see free_cores)
             if n_dec >= 1 and (mine is None or len(mine) - skipped > CHUNK_FILES):
-                pool = ctx.Pool(n_dec)
+                pool = ctx.Pool(n_dec, initializer=_init_worker, initargs=(os.getpid(),))
             batch_size = batch_size or (16 if tok.hubert.device.type == "cuda" else 1)
             pending: list[tuple[str, np.ndarray]] = []
             group = max(1, batch_size) * 4  # sort-by-length window: 4 batches
