@@ -260,3 +260,30 @@ def test_a_second_writer_is_refused_with_the_holders_pid(units, tmp_path, capsys
     assert len(err) == 1 and str(os.getpid()) in err[0], err
     assert not (run / "metrics.jsonl").exists()
     assert main(["train", "tiny-cpu", *train_overrides(units, run, "budget.steps=2")]) == 0  # lock released
+
+
+def test_a_kill_while_writing_final_resumes_cleanly(units, tmp_path, monkeypatch):
+    """Killed in the middle of final/: the rerun removes the half-written temp folder, writes final/, and the
+    last step's validation appears once in metrics.jsonl."""
+    import slam.train.pretrain as pretrain
+
+    class Killed(BaseException):
+        pass
+
+    def dies_writing(model, info, folder, **kw):
+        tmp = folder.parent / f".{folder.name}.x1y2.tmp"  # what atomic_dir had made when the kill landed
+        tmp.mkdir()
+        (tmp / "model.safetensors").write_bytes(b"\0" * 10)
+        raise Killed
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(pretrain, "save_model", dies_writing)
+    with pytest.raises(Killed):
+        train(tiny(units, run, "checkpoint.keep_last=2"))
+    monkeypatch.undo()
+    assert list(run.glob(".final.*.tmp"))
+    train(tiny(units, run, "resume=true", "checkpoint.keep_last=2"))
+    assert not list(run.glob(".final.*.tmp")) and (run / "final" / "model.safetensors").is_file()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "val"] == [3, 6]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]

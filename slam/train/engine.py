@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -193,7 +194,7 @@ def resume_state(resume_from: Path, model: nn.Module, optimizer: Any, budget: Bu
     step = state["step"]
     budget.load_state_dict(state["budget"])
     data.load_state_dict(state["data"])
-    dropped = run.rewind(step)
+    dropped = run.rewind(step, redo_val=budget.done())  # resumed at the end: the tail validates again
     run.log("event", step, event="resumed", checkpoint=resume_from.name, dropped_metric_lines=dropped)
     return step, state.get("flops", 0.0)
 
@@ -289,6 +290,12 @@ def prepare_run_folder(cfg: RunConfig, env: dist.Env) -> tuple[Run, Path | None]
         if env.main:
             for stale in checkpoint.cleanup(ckpts):
                 print(f"slam: removed {stale.name} (a checkpoint write that was interrupted)")
+            # final/ is written to a temp sibling and renamed (slam.utils.atomic_dir): a kill in the middle
+            # leaves slam's own `.final.*.tmp` (or `.final.old` from a replace), never anything else
+            for stale in [*run.folder.glob(f".{run.final.name}.*.tmp"), run.folder / f".{run.final.name}.old"]:
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+                    print(f"slam: removed {stale.name} (a final/ write that was interrupted)")
         dist.barrier()
         # the newest checkpoint that verifies (sizes and sha256 of its files): a damaged newest one, e.g. a
         # disk that filled during its write, is skipped with its reason and the run resumes from the one before

@@ -87,13 +87,15 @@ class Run:
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.folder)
 
-    def rewind(self, step: int) -> int:
+    def rewind(self, step: int, redo_val: bool = False) -> int:
         """On resume: drop the metrics of steps after the checkpoint (they are recomputed), so the file and
-        the plot hold one trajectory. Returns how many lines were dropped."""
+        the plot hold one trajectory; `redo_val` also drops the validation at the checkpoint's own step (a run
+        resumed at its end validates once more before writing final/). Returns how many lines were dropped."""
         if not self.main:
             return 0
         rows = self.read_metrics()
-        keep = [r for r in rows if r.get("step", 0) <= step]
+        keep = [r for r in rows if r.get("step", 0) < step or (r.get("step", 0) == step and not (
+            redo_val and r.get("kind") == "val"))]
         self._metrics.close()
         atomic_write_text(self.folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in keep))
         self._metrics = open(self.folder / "metrics.jsonl", "a", buffering=1)
