@@ -215,7 +215,7 @@ def test_a_killed_espeak_child_is_an_environment_error(tmp_path, monkeypatch):
     assert _ids(tmp_path / "manifest.jsonl") == ["u0", "u1", "u2", "u3"]
 
 
-def test_cli_real_write_failure_is_one_line_exit_2_and_the_rerun_completes(tmp_path):
+def test_cli_real_write_failure_is_one_line_exit_1_and_the_rerun_completes(tmp_path):
     """A real failing write, not a mock: RLIMIT_FSIZE (inherited by the spawned workers) makes every wav
     over 40 kB fail with EFBIG, as a full disk fails with ENOSPC; both are OSErrors of the machine."""
     import resource
