@@ -1,7 +1,7 @@
 """The built-in text: simple children's stories on 8 topics, plus held-out benchmark pairs and preference text.
 
 Why it looks like this: a tiny speech LM trained ~20 minutes on a 2-core CPU must learn from it (the demo).
-A prototype with two-sentence stories over 4 topics learnt grammar pairs (80-85%) but topic cloze only at
+Two-sentence stories over 4 topics teach such a model grammar pairs (80-85%) but topic cloze only at
 52-60%. So here topic is signalled by every sentence of a story: each topic owns its places, objects,
 verbs and adjectives (farm: barn, goat, feed, muddy; space: moon, rocket, fix, silver...), a story of 2-5
 sentences never leaves its topic, and endings are coherent in ways a small LM can pick up (they re-mention
@@ -430,8 +430,8 @@ def _draw(make: Callable[[], object | None], what: str, max_tries: int = 200):
 
 
 def select_topics(n: int | None) -> tuple[Topic, ...]:
-    """The first `n` topics (all 8 when None). Fewer topics = more stories per topic for the same text: the
-    prototype that first learnt topic cloze on a CPU used 4."""
+    """The first `n` topics (all 8 when None). Fewer topics = more stories per topic for the same text: at
+    equal text, 4 topics lift the demo's topic cloze from ~51% to ~56% (docs/demo.md)."""
     if n is None:
         return TOPICS
     if not 2 <= n <= len(TOPICS):
