@@ -3,6 +3,9 @@ fp32 (the baseline) against bf16 autocast and torch.compile, each in its own sub
 
 The question it answers: which precision and batch shape should `slam demo` train with on a CPU.
 Packed rows as in training: position_ids restart every 300 tokens (a story is ~290 units), no mask.
+Two rates: tokens per wall second (what a quiet machine gives) and tokens per CPU second of the process
+(user + system; close to the quiet rate even when other jobs share the cores, as long as the threads are
+not oversubscribed; with 1 thread it is the rate of one core).
 
     .venv/bin/python bench/cpu_step.py                       # 1 thread, hidden 128 and 256, 8 x 512 and 4 x 512
     .venv/bin/python bench/cpu_step.py --threads 2 --hidden 128
@@ -52,13 +55,13 @@ def child(mode: str, rows: int, context: int, hidden: int, steps: int) -> dict:
     for _ in range(3):  # warm-up (and compilation) excluded
         step()
     warm = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    dt = time.perf_counter() - t0
+    dt, dc = time.perf_counter() - t0, time.process_time() - c0
     return {"mode": mode, "rows": rows, "context": context, "hidden": hidden,
             "params": sum(p.numel() for p in model.parameters()), "tok_s": steps * rows * context / dt,
-            "warmup_s": warm}
+            "tok_cpu_s": steps * rows * context / dc, "warmup_s": warm}
 
 
 def main() -> None:
@@ -75,7 +78,10 @@ def main() -> None:
         print(json.dumps(child(mode, int(rows), int(context), int(hidden), int(steps))))
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
-    print(f"| hidden | params | rows x context | mode | tokens/s | vs fp32 |\n|---|---|---|---|---|---|")
+    load = os.getloadavg()[0]
+    print(f"{a.threads} thread(s), 1-minute load average {load:.1f} at the start\n")
+    print("| hidden | params | rows x context | mode | tokens/s | vs fp32 | tokens per CPU-s | vs fp32 |\n"
+          "|---|---|---|---|---|---|---|---|")
     for hidden in a.hidden:
         for shape in a.shapes:
             rows, context = shape.split("x")
@@ -84,10 +90,11 @@ def main() -> None:
                 out = subprocess.run([sys.executable, __file__, "--child", mode, rows, context, str(hidden),
                                       str(a.steps)], env=env, capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                base = r["tok_s"] if mode == "fp32" else base
-                rel = f"{r['tok_s'] / base:.2f}x" if base else "-"
-                print(f"| {hidden} | {r['params'] / 1e6:.1f}M | {shape} | {mode} | {r['tok_s']:,.0f} | {rel} |",
-                      flush=True)
+                base = (r["tok_s"], r["tok_cpu_s"]) if mode == "fp32" else base
+                rel = f"{r['tok_s'] / base[0]:.2f}x" if base else "-"
+                rel_cpu = f"{r['tok_cpu_s'] / base[1]:.2f}x" if base else "-"
+                print(f"| {hidden} | {r['params'] / 1e6:.1f}M | {shape} | {mode} | {r['tok_s']:,.0f} | {rel} | "
+                      f"{r['tok_cpu_s']:,.0f} | {rel_cpu} |", flush=True)
 
 
 if __name__ == "__main__":

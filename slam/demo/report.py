@@ -18,16 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from slam.demo import findings as fnd
+from slam.demo.plan import BENCH_TITLES, BENCHMARKS, CHANCE, MODEL_TITLES, MODELS
+from slam.demo.plots import plot_accuracy, plot_losses
 from slam.train.run import read_metrics
 from slam.utils import atomic_write_text, format_duration
-
-MODELS = ("scratch", "twist", "twist-dpo")
-MODEL_TITLES = {"scratch": "speech LM from scratch", "twist": "TWIST (text LM init)",
-                "twist-dpo": "TWIST + DPO"}
-BENCHMARKS = ("grammar", "story", "topic")
-BENCH_TITLES = {"grammar": "grammar (sBLIMP-like)", "story": "story cloze (sSC-like)",
-                "topic": "topic cloze (tSC-like)"}
-CHANCE = 50.0  # two-way choice: a model that cannot tell the endings apart scores 50%
 
 
 def _read_json(path: Path) -> Any:
@@ -47,6 +42,13 @@ def collect(out: str | Path) -> dict:
         r = _read_json(out / "eval" / f"{m}.json")
         if r:
             results[m] = r["metrics"]
+    # every training seed's results: the first seed's in eval/, the others' in eval/seed<S>/
+    plan = state.get("plan", {})
+    seeds = {plan.get("seed", 0): results}
+    for folder in sorted((out / "eval").glob("seed*"), key=lambda f: int(f.name[4:]) if f.name[4:].isdigit() else 0):
+        if folder.name[4:].isdigit():
+            seeds[int(folder.name[4:])] = {m: _read_json(folder / f"{m}.json")["metrics"] for m in MODELS
+                                           if (folder / f"{m}.json").exists()}
     runs = {}
     for name in ("text", "scratch", "twist", "twist-dpo"):
         rows = _metrics(out / "runs" / name)
@@ -72,7 +74,7 @@ def collect(out: str | Path) -> dict:
             rec = json.loads(line)
             prompts.append({"id": rec["id"], "file": f"speech/prompts/{rec['audio']}", "text": rec["text"],
                             "seconds": rec["seconds"]})
-    return {"out": str(out), "state": state, "results": results, "runs": runs, "audio": audio, "prompts": prompts,
+    return {"out": str(out), "state": state, "results": results, "seeds": seeds, "runs": runs, "audio": audio, "prompts": prompts,
             "corpus": _read_json(out / "corpus" / "corpus.json"), "units": _read_json(out / "units" / "train" / "meta.json"),
             "prefs": _read_json(out / "prefs" / "build.json")}
 
@@ -100,94 +102,6 @@ def _params(model_dir: Path) -> int | None:
 def _median(xs: list[float]) -> float | None:
     xs = sorted(xs)
     return xs[len(xs) // 2] if xs else None
-
-
-# --- plots ------------------------------------------------------------------------------------------------
-def plot_losses(data: dict, path: Path) -> Path | None:
-    """Loss curves: the two speech LMs (train and validation, against training minutes), the text LM, and
-    the DPO run (loss and reward accuracy)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = data["runs"]
-    if not runs:
-        return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    colors = {"scratch": "tab:gray", "twist": "tab:blue", "text": "tab:green", "twist-dpo": "tab:red"}
-    ax = axes[0]
-    for name in ("scratch", "twist"):
-        rows = runs.get(name, {}).get("rows", [])
-        for kind, style in (("train", "-"), ("val", "o--")):
-            pts = [r for r in rows if r.get("kind") == kind and r.get("loss") is not None]
-            if pts:
-                ax.plot([60 * r.get("train_hours", 0) for r in pts], [r["loss"] for r in pts], style, ms=3,
-                        color=colors[name], label=f"{MODEL_TITLES[name]} ({kind})", alpha=0.9 if kind == "val" else 0.6)
-    ax.set(title="speech LMs: same budget, same size", xlabel="training minutes", ylabel="loss (nats / unit)")
-    ax = axes[1]
-    rows = runs.get("text", {}).get("rows", [])
-    for kind, style in (("train", "-"), ("val", "o--")):
-        pts = [r for r in rows if r.get("kind") == kind and r.get("loss") is not None]
-        if pts:
-            ax.plot([60 * r.get("train_hours", 0) for r in pts], [r["loss"] for r in pts], style, ms=3,
-                    color=colors["text"], label=f"text LM ({kind})")
-    ax.set(title="text LM (initialises TWIST)", xlabel="training minutes", ylabel="loss (nats / word)")
-    ax = axes[2]
-    rows = runs.get("twist-dpo", {}).get("rows", [])
-    pts = [r for r in rows if r.get("kind") == "train" and r.get("loss") is not None]
-    if pts:
-        ax.plot([r["step"] for r in pts], [r["loss"] for r in pts], "-", color=colors["twist-dpo"], label="DPO loss")
-        if any("reward_accuracy" in r for r in pts):
-            ax2 = ax.twinx()
-            ax2.plot([r["step"] for r in pts], [r.get("reward_accuracy", float("nan")) for r in pts], ":",
-                     color="black", label="reward accuracy")
-            ax2.set_ylabel("reward accuracy")
-            ax2.set_ylim(0, 1)
-            ax2.legend(loc="upper right", fontsize=8)
-    ax.set(title="DPO on spoken preference pairs", xlabel="optimiser step", ylabel="DPO loss")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, loc="upper left" if ax is axes[2] else "upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_accuracy(data: dict, path: Path) -> Path | None:
-    """Accuracy per benchmark and model with its 95% CI, and the chance line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    res = data["results"]
-    models = [m for m in MODELS if m in res]
-    if not models:
-        return None
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(models)
-    colors = {"scratch": "tab:gray", "twist": "tab:blue", "twist-dpo": "tab:red"}
-    x = np.arange(len(BENCHMARKS))
-    for i, m in enumerate(models):
-        vals = [res[m].get(b, {}).get("value", float("nan")) for b in BENCHMARKS]
-        lo = [v - res[m].get(b, {}).get("ci95", [v, v])[0] for b, v in zip(BENCHMARKS, vals)]
-        hi = [res[m].get(b, {}).get("ci95", [v, v])[1] - v for b, v in zip(BENCHMARKS, vals)]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=3,
-               color=colors[m], label=MODEL_TITLES[m])
-    ax.axhline(CHANCE, color="black", ls="--", lw=1, label="chance")
-    ax.set_xticks(x, [BENCH_TITLES[b] for b in BENCHMARKS])
-    ax.set_ylabel("accuracy (%), 95% CI")
-    ax.set_ylim(30, 100)
-    ax.legend(fontsize=8, ncol=2)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
 
 
 # --- text -------------------------------------------------------------------------------------------------
@@ -257,7 +171,8 @@ def _html_table(rows: list[list[str]]) -> str:
 
 def steps_rows(data: dict) -> list[dict]:
     steps = data["state"].get("steps", {})
-    return [{"name": k, "seconds": v.get("seconds", 0.0), "status": v.get("status"), "reused": v.get("reused", False),
+    return [{"name": k, "seconds": v.get("seconds", 0.0), "cpu_seconds": v.get("cpu_seconds", 0.0),
+             "load_after": v.get("load_after"), "status": v.get("status"), "reused": v.get("reused", False),
              "commands": v.get("commands", []), "note": v.get("note", "")} for k, v in steps.items()]
 
 
@@ -295,19 +210,50 @@ def _fmt_machine(m: dict) -> str:
             + f"; torch {m.get('torch')}, Python {m.get('python')}")
 
 
+def budget_text(plan: dict) -> str:
+    """The budgets as the plan set them: steps (reproducible) or the load-dependent wall-clock mode."""
+    if plan.get("minutes") is not None:
+        m = 60 * plan["minutes"]
+        return (f"Budgets (wall clock, --minutes: the numbers depend on the machine's load): each speech LM "
+                f"{format_duration(m)}, text LM {format_duration(m / 4)}, DPO {format_duration(m / 6)}.")
+    return (f"Budgets (optimiser steps: the same numbers on any machine of the same kind, loaded or not): each "
+            f"speech LM {plan.get('speech_steps', 0):,} steps, text LM {plan.get('text_steps', 0):,}, DPO "
+            f"{plan.get('dpo_steps', 0):,}; precision {plan.get('precision')}.")
+
+
+def _cpu(data: dict) -> str:
+    """CPU time (user + system, the demo and its child processes) and the load average met along the way."""
+    rows = steps_rows(data)
+    cpu = sum(s.get("cpu_seconds", 0.0) for s in rows)
+    loads = [s["load_after"][0] for s in rows if s.get("load_after")]
+    start = (data["state"].get("machine") or {}).get("load_at_start")
+    if start:
+        loads.insert(0, start[0])
+    text = f", CPU time {format_duration(cpu)} (user + system)" if cpu else ""
+    if loads:
+        text += f", 1-minute load average {min(loads):.1f}-{max(loads):.1f} (at step ends)"
+    return text
+
+
 def render_md(data: dict, loss_png: Path | None, acc_png: Path | None) -> str:
     st = data["state"]
     plan = st.get("plan", {})
     total = sum(s["seconds"] for s in steps_rows(data))
     md = ["# slam demo report", "",
-          f"Machine: {_fmt_machine(st.get('machine', {}))}. Total step time {format_duration(total)}. "
-          f"Budgets: each speech LM {format_duration(plan.get('speech_seconds', 0))}, text LM "
-          f"{format_duration(plan.get('text_seconds', 0))}, DPO {format_duration(plan.get('dpo_seconds', 0))}.", "",
+          f"Machine: {_fmt_machine(st.get('machine', {}))}. Total step time {format_duration(total)}{_cpu(data)}. "
+          f"{budget_text(plan)}", "",
           "## Accuracy on held-out pairs", "",
           "Accuracy in % with its 95% confidence interval; a pair counts as correct when the model gives the "
           "positive utterance the lower mean NLL per unit (the published protocol). `*` marks a CI that "
           "excludes chance (50%).", "", _md_table(accuracy_table(data)), ""]
     md += [f"- {line}" for line in verdict(data)] + [""]
+    if len(data["seeds"]) > 1:
+        md += [_md_table(fnd.seed_table(data, MODELS, MODEL_TITLES, BENCH_TITLES)), ""]
+    md += ["## The paper's findings in miniature", "",
+           "Each finding with this run's number; a difference is *reproduced* only when its 95% interval "
+           "excludes 0 (and, with several seeds, every seed agrees).", "",
+           _md_table([["finding", "this run", "verdict"]] + [list(r) for r in fnd.findings(data)]), ""]
+    md += [f"- {x}" for x in (fnd.text_vs_speech(data), fnd.dpo_heldout(data)) if x] + [""]
     if acc_png:
         md += [f"![accuracy]({acc_png.name})", ""]
     md += ["<details><summary>Per group</summary>", "", _md_table(group_table(data)), "", "</details>", "",
@@ -357,11 +303,17 @@ def render_html(data: dict, out: Path, loss_png: Path | None, acc_png: Path | No
     h = [f"<!doctype html><html><head><meta charset='utf-8'><title>slam demo report</title><style>{CSS}</style>"
          "</head><body><h1>slam demo report</h1>",
          f"<p>Machine: {html.escape(_fmt_machine(st.get('machine', {})))}. Total step time "
-         f"{format_duration(total)}. Budgets: each speech LM {format_duration(plan.get('speech_seconds', 0))}, "
-         f"text LM {format_duration(plan.get('text_seconds', 0))}, DPO {format_duration(plan.get('dpo_seconds', 0))}.</p>",
+         f"{format_duration(total)}. {html.escape(budget_text(plan))}</p>",
          "<h2>Accuracy on held-out pairs</h2><p class='note'>Accuracy in % with its 95% confidence interval "
          "(mean NLL per unit, as published); * marks a CI that excludes chance (50%).</p>",
          _html_table(accuracy_table(data)), "<ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdict(data)) + "</ul>"]
+    if len(data["seeds"]) > 1:
+        h.append(_html_table(fnd.seed_table(data, MODELS, MODEL_TITLES, BENCH_TITLES)))
+    h += ["<h2>The paper's findings in miniature</h2><p class='note'>A difference is reproduced only when its 95% "
+          "interval excludes 0 (and, with several seeds, every seed agrees).</p>",
+          _html_table([["finding", "this run", "verdict"]] + [list(r) for r in fnd.findings(data)]),
+          "<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in (fnd.text_vs_speech(data), fnd.dpo_heldout(data))
+                           if x) + "</ul>"]
     if acc_png:
         h.append(f"<img alt='accuracy' src='{_data_uri(acc_png, 'image/png')}'>")
     h += ["<details><summary>Per group</summary>", _html_table(group_table(data)), "</details>",

@@ -1,0 +1,115 @@
+"""Background `slam train` runs of the demo's pre-training step: each a process of its own with a fixed thread
+count (the text LM alone, then TWIST and scratch side by side), with one progress bar over them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slam.errors import SlamError
+from slam.train.run import read_metrics
+
+Demo = Any  # slam.demo.steps.Demo (not imported: steps imports this module)
+
+
+def run_done(run: Path) -> bool:
+    """A `slam train`/`slam dpo` run that wrote its final model folder and its `done` event."""
+    if not (run / "final" / "config.json").exists() or not (run / "metrics.jsonl").exists():
+        return False
+    return any('"event": "done"' in line for line in (run / "metrics.jsonl").read_text().splitlines())
+
+
+def run_progress(run: Path) -> float:
+    """Budget progress (0-1) of a run, from the last metrics line that has one."""
+    for row in reversed(read_metrics(run)):
+        if "progress" in row:
+            return float(row["progress"])
+    return 0.0
+
+
+class Job:
+    """A chain of `slam train` runs in one background process after another, `threads` threads each."""
+
+    def __init__(self, d: Demo, runs: list[tuple[str, int]], threads: int) -> None:
+        self.d, self.runs, self.threads = d, list(runs), threads  # (name, training seed)
+        self.proc: subprocess.Popen | None = None
+        self.current: tuple[str, int] | None = None
+        self.log = None
+
+    def start_next(self) -> bool:
+        while self.runs:
+            name, seed = self.runs.pop(0)
+            run = self.d.run_dir(name, seed)
+            if run_done(run):
+                continue
+            argv = self.d.train_argv(name, seed)
+            note = ""
+            if run.exists():
+                argv.append("resume=true")  # an interrupted run continues from its last checkpoint
+                note = "resumed an interrupted run"
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+                   "TOKENIZERS_PARALLELISM": "false"}
+            line = f"OMP_NUM_THREADS={self.threads} slam " + shlex.join(argv)
+            self.d.record("pretrain", line, note)
+            log_path = self.d.log_path(name, seed)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            self.log = open(log_path, "a")
+            print(f"\n$ {line}    (log: {log_path})", flush=True)
+            self.proc = subprocess.Popen([sys.executable, "-m", "slam.cli", *argv], stdout=self.log,
+                                         stderr=subprocess.STDOUT, env=env)
+            self.current = (name, seed)
+            return True
+        self.current = None
+        return False
+
+    def poll(self) -> bool:
+        """True while this job has work running; raises when a run failed."""
+        if self.proc is None:
+            return self.start_next()
+        code = self.proc.poll()
+        if code is None:
+            return True
+        self.log.close()
+        (name, seed), self.proc = self.current, None
+        if code != 0:
+            log = self.d.log_path(name, seed)
+            tail = "\n".join(log.read_text().splitlines()[-8:])
+            raise SlamError(f"step pretrain: the {name} run (seed {seed}) failed (exit code {code}); last lines "
+                            f"of {log}:\n{tail}")
+        return self.start_next()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def run_jobs(d: Demo, jobs: list[Job], runs: list[tuple[str, int]]) -> None:
+    """Run the jobs to the end with one progress bar (budget progress of each run from its metrics)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100.0 * len(runs), desc="pretrain", bar_format="{desc}: {percentage:3.0f}%|{bar:20}| "
+               "{elapsed}<{remaining} {postfix}")
+    try:
+        active = [j.poll() for j in jobs]
+        while any(active):
+            time.sleep(2.0)
+            active = [j.poll() for j in jobs]
+            prog = {r: (1.0 if run_done(d.run_dir(*r)) else run_progress(d.run_dir(*r))) for r in runs}
+            bar.n = 100.0 * sum(prog.values())
+            bar.set_postfix_str(" | ".join(f"{n} {100 * v:.0f}%" for (n, _), v in prog.items()), refresh=False)
+            bar.refresh()
+    except BaseException:
+        for j in jobs:
+            j.stop()
+        raise
+    finally:
+        bar.close()
