@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from eval_helpers import _byte_vocab, mel_model_folder, tiny_text_lm  # noqa: E402
 from slam.eval.genppl import PROTOCOLS, TextLM, WhisperASR, evaluate_genppl  # noqa: E402
-from slam.model import load_for_inference, load_model_tokenizer  # noqa: E402
+from slam.model_folder import load_for_inference, load_model_tokenizer  # noqa: E402
 from slam.vocoder import load_vocoder  # noqa: E402
 
 TEXTS = ("the quick brown fox jumps over the lazy dog", "a speech model learns from sound alone",

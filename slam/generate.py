@@ -29,7 +29,7 @@ from tqdm import tqdm
 from slam.audio import load_audio
 from slam.errors import SlamError
 from slam.lock import lock_beside
-from slam.model import audio_to_units, load_for_inference, load_model_tokenizer
+from slam.model_folder import audio_to_units, load_for_inference, load_model_tokenizer
 from slam.text import model_text_tokenizer
 from slam.tokens import SlamInfo, require_interleaved, text_targets
 from slam.units.dataset import iter_rows, read_meta

@@ -39,7 +39,7 @@ import numpy as np
 from slam.audio import load_audio
 from slam.errors import SlamError
 from slam.eval.autobleu import auto_bleu
-from slam.model import load_model_tokenizer
+from slam.model_folder import load_model_tokenizer
 from slam.synth.tts import read_jsonl, synthesize_pairs
 from slam.tokens import SlamInfo
 from slam.units.dataset import iter_rows, read_meta

@@ -4,7 +4,7 @@
     slam push runs/slam/final --repo me/slam-1day --results eval-results/slam-final.json --private
 
 What goes up (`push_files`): every file the folder's slam.json and config.json need to load as a slam model
-(`slam generate me/slam-1day ...` downloads exactly these, slam.model.MODEL_FILE_PATTERNS): the HF config
+(`slam generate me/slam-1day ...` downloads exactly these, slam.model_folder.MODEL_FILE_PATTERNS): the HF config
 and weights (safetensors only: a pickle is refused), generation_config.json, slam.json, the tokenizer's
 k-means (the embedded `tokenizer-kmeans.npz`, without which a downloaded model could not turn audio into
 its units), an interleaved model's text tokenizer folder, plus the card README.md and results.json when
@@ -30,7 +30,7 @@ import yaml
 
 import slam
 from slam.errors import SlamError
-from slam.model import MODEL_FILE_PATTERNS
+from slam.model_folder import MODEL_FILE_PATTERNS
 from slam.tokens import SlamInfo
 from slam.units.dataset import read_meta
 

@@ -28,7 +28,7 @@ def tiny_lm(n_units: int = 20, seed: int = 0, hidden: int = 32, layers: int = 2)
 def save_model_folder(folder: Path, model, info: SlamInfo) -> Path:
     folder = Path(folder)
     try:
-        from slam.model import save_model
+        from slam.model_folder import save_model
     except ImportError:
         model.save_pretrained(folder)
         info.save(folder)

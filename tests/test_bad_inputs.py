@@ -164,7 +164,9 @@ def test_a_slamkit_folder_with_only_a_pickle_converts_weights_only(tmp_path):
 
     import torch
 
-    from slam.model import load_model, random_init
+    from slam.model import random_init
+
+    from slam.model_folder import load_model
     from tiny import TINY_QWEN2
 
     base = {**TINY_QWEN2, "vocab_size": 18, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 1}

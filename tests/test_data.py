@@ -310,7 +310,7 @@ def test_text_source_and_validation_loss(tmp_path):
 def test_model_folder_carries_the_datasets_tokenizer(tmp_path, speechlike):
     """units dataset (mel tokenizer embedded) -> units_layout -> save_model -> the model folder alone
     rebuilds the same tokenizer (hash checked) and records dedup, as slam eval / generate read it."""
-    from slam.model import load_model, save_model
+    from slam.model_folder import load_model, save_model
     from slam.units.dataset import UnitsWriter
     from slam.units.kmeans import fit_kmeans
     from slam.units.melkmeans import MelFeatures, MelParams

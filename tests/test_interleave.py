@@ -138,7 +138,8 @@ def test_split_story():
 # --- vocabulary init ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tied", [False, True])
 def test_text_rows_bit_identical_after_twist_init(tmp_path, tok, tied):
-    from slam.model import load_model, save_model, twist_init
+    from slam.model import twist_init
+    from slam.model_folder import load_model, save_model
 
     base = make_base_model(tmp_path / "base", tok, tied=tied)
     info = interleaved_layout(tok, 20, text_rows=base.config.vocab_size, text_tokenizer_path=tmp_path / "base")
@@ -281,7 +282,7 @@ def test_relative_text_tokenizer_is_left_as_is(tmp_path, tok, monkeypatch):
     do): saving must neither copy the working folder nor rename it."""
     import json
 
-    from slam.model import save_model
+    from slam.model_folder import save_model
 
     model, info = tiny_interleaved(tok)
     monkeypatch.chdir(tmp_path)

@@ -58,7 +58,7 @@ def test_interleaved_end_to_end(tmp_path):
 
 def check_model_folder(run):
     from slam.text import model_text_tokenizer
-    from slam.model import load_model
+    from slam.model_folder import load_model
 
     final = run / "run" / "final"
     model, info = load_model(final)
@@ -103,7 +103,7 @@ def check_scores_only_the_ending(run):
     from slam.eval.pairs import score_sequences
     from slam.text import model_text_tokenizer
     from slam.tokens import speech_targets, text_targets
-    from slam.model import load_model
+    from slam.model_folder import load_model
 
     final = run / "run" / "final"
     model, info = load_model(final)

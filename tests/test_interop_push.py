@@ -1,6 +1,6 @@
 """`slam push MODEL --repo ID`, offline: the exact files a slam model needs (the embedded k-means included)
 and the generated model card (recipe, data, results, slam version); the upload call is replaced, and a hub
-download fetches the same files (slam.model.MODEL_FILE_PATTERNS)."""
+download fetches the same files (slam.model_folder.MODEL_FILE_PATTERNS)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import slam
 import slam.push
 from conftest import synth_speechlike
 from slam.cli import main
-from slam.model import MODEL_FILE_PATTERNS
+from slam.model_folder import MODEL_FILE_PATTERNS
 from tiny import train_overrides
 
 
@@ -70,7 +70,7 @@ def test_push_uploads_exactly_the_model_files_and_a_card(run, uploads, tmp_path,
     assert sorted(call["files"]) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
                                      "results.json", "slam.json", "tokenizer-kmeans.npz"]
     assert call["files"]["tokenizer-kmeans.npz"] == (final / "tokenizer-kmeans.npz").read_bytes()
-    # a hub download (slam.model._resolve_folder's allow_patterns) fetches every pushed file
+    # a hub download (slam.model_folder._resolve_folder's allow_patterns) fetches every pushed file
     assert all(any(fnmatch.fnmatch(f, p) for p in MODEL_FILE_PATTERNS) for f in call["files"] if f != "README.md")
     card = call["files"]["README.md"].decode()
     front = yaml.safe_load(card.split("---")[1])

@@ -10,7 +10,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from slam.errors import SlamError
-from slam.model import count_parameters, load_model, random_init, save_model, twist_init
+from slam.model import count_parameters, random_init, twist_init
+from slam.model_folder import load_model, save_model
 from slam.tokens import SlamInfo
 
 N_UNITS = 20  # vocab 22 << the text vocab of 300, so truncation is visible

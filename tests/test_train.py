@@ -43,7 +43,7 @@ def events(run: Path) -> list[dict]:
 
 
 def test_run_folder_has_everything_and_final_is_a_model_folder(units, tmp_path):
-    from slam.model import load_model
+    from slam.model_folder import load_model
 
     run = tmp_path / "run"
     final = train(tiny(units, run, "checkpoint.keep_last=2"))

@@ -49,7 +49,8 @@ def train_overrides(units: Path, out: Path, *extra: str) -> list[str]:
 
 def slam_model_folder(root: Path, n_units: int = 16, seed: int = 0) -> Path:
     """A tiny random Qwen2 saved as a slam model folder, with a weight-free mel tokenizer in slam.json."""
-    from slam.model import random_init, save_model
+    from slam.model import random_init
+    from slam.model_folder import save_model
     from slam.tokens import SlamInfo
     from slam.units.kmeans import KMeans
     from slam.units.melkmeans import MelParams

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from slam.errors import SlamError
-from slam.model import _resolve_folder, convert_slamkit, count_parameters, load_model
+from slam.model import count_parameters
+from slam.model_folder import _resolve_folder, convert_slamkit, load_model
 from slam.units.hubert import is_published_mhubert
 from slam.units.published import require_published_kmeans
 from slam.units.tokenizer import load_tokenizer

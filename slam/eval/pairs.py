@@ -36,7 +36,7 @@ from slam.audio import load_audio
 from slam.errors import AudioError, SlamError
 from slam.eval.layouts import (LAYOUTS, Benchmark, Pair, expand_bench, read_benchmark,  # noqa: F401 (re-exported)
                                read_storycloze)
-from slam.model import load_model_tokenizer
+from slam.model_folder import load_model_tokenizer
 from slam.tokens import SlamInfo
 from slam.units.dataset import dedup as dedup_frames
 from slam.utils import length_batches, read_jsonl, sha256_bytes, sha256_file

@@ -27,7 +27,7 @@ from slam.eval.judge import LocalJudge, evaluate_judge, load_template
 from slam.eval.layouts import expand_bench
 from slam.eval.pairs import default_cache_dir, evaluate_pairs
 from slam.lock import lock_beside
-from slam.model import load_for_inference, load_model_tokenizer
+from slam.model_folder import load_for_inference, load_model_tokenizer
 from slam.tracking import log_eval
 from slam.text import model_text_tokenizer
 from slam.utils import atomic_write_json, hash_files, provenance

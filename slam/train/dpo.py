@@ -44,7 +44,8 @@ from tqdm import tqdm
 
 from slam.attention import ATTN_NAME, use_varlen_attention
 from slam.errors import ConfigError, SlamError
-from slam.model import count_parameters, load_model, save_model
+from slam.model import count_parameters
+from slam.model_folder import load_model, save_model
 from slam.train import dist
 from slam.train.budget import Budget
 from slam.train.config import DPOConfig

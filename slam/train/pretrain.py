@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from slam.errors import ConfigError, SlamError
-from slam.model import count_parameters, random_init, save_model, twist_init
+from slam.model import count_parameters, random_init, twist_init
+from slam.model_folder import save_model
 from slam.train import data as train_data
 from slam.train import dist
 from slam.train.budget import Budget

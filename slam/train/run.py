@@ -8,7 +8,7 @@
       wandb/, wandb-run-id  with `wandb.project` set (optional extra slam[wandb]): the same scalars in W&B
       loss.png           train and validation loss against steps and FLOPs
       checkpoints/step-N/   (slam.train.checkpoint)
-      final/             a model folder (slam.model.save_model)
+      final/             a model folder (slam.model_folder.save_model)
 
 Only rank 0 creates a `Run` with `main=True`; the other ranks get one whose methods do nothing, so the loop
 never branches on the rank to log.
