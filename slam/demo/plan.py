@@ -53,7 +53,7 @@ class Plan:
     prefs: int
     """Preference triples for DPO (a share `dpo_val_fraction` of them, chosen by id hash, is held out)."""
     units: int
-    """k of the k-means (the prototype: 200 on 25 Hz log-mel)."""
+    """k of the k-means on 25 Hz log-mel frames (200: docs/demo.md)."""
     kmeans_frames: int
     """Frames sampled to fit the k-means."""
     kmeans_files: int
@@ -125,7 +125,7 @@ def make_plan(fast: bool = False, seed: int = 0, minutes: float | None = None, s
                     seed=seed, seeds=seeds, dpo_val_fraction=0.25, text_overrides=tiny,
                     speech_overrides=tiny + ("data.context=128",),
                     dpo_overrides=("batch.size=4", "batch.micro=2", "eval.batches=2", "log_every=2"))
-    # 4 of the corpus's 8 topics, as the prototype: at equal text and tokens, 8 topics left topic cloze at
+    # 4 of the corpus's 8 topics: at equal text and tokens, 8 topics left topic cloze at
     # chance (51.5%) and 4 topics reached 56.3% [52.3, 60.3] (docs/demo.md, attempts 4 and 5).
     # 64,000 stories of text for the text LM (8x the 8,000 spoken): 600 steps of 32 x 128 tokens read each
     # ~1.6 times; the generator's supply of distinct stories thins out beyond (53,341 of 64,000 distinct).
