@@ -60,8 +60,11 @@ def check_steps_and_commands(fast_demo):
             argv = shlex.split(c["command"])
             while "=" in argv[0] and not argv[0].startswith("slam"):  # OMP_NUM_THREADS=1 prefix
                 argv = argv[1:]
-            if argv[0] == "head":  # the k-means fitting sample: the first N lines of the training manifest
+            if argv[0] == "head":  # the spoken stories: the first N lines of the text LM's stories
                 assert argv[1] == "-n" and argv[4] == ">"
+                continue
+            if argv[0] == "sort":  # the k-means fitting sample: the first N utterances of the manifest by id
+                assert argv[2:5] == ["|", "head", "-n"] and argv[6] == ">"
                 continue
             assert argv[0] == "slam" and argv[1] in COMMANDS
             module = __import__(COMMANDS[argv[1]][0], fromlist=["add_arguments"])

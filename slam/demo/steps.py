@@ -1,6 +1,6 @@
 """`slam demo [--out DIR --fast --seeds N --minutes M --fresh]`: the whole Slam recipe in miniature, on a CPU.
 
-    slam demo --out demo-out                 # ~30 minutes on a quiet 2-core CPU; report in demo-out/report.html
+    slam demo --out demo-out                 # ~35 minutes on a quiet 2-core CPU; report in demo-out/report.html
     slam demo --out demo-out --seeds 3       # the same with 3 training seeds: mean and spread (~3x the training)
     slam demo --out demo-out --minutes 20    # the paper's wall-clock budget instead of steps (load-dependent)
     slam demo --out demo-fast --fast         # tiny sizes and a few steps: the CI check (~1-2 minutes)
@@ -209,8 +209,14 @@ def step_units(d: Demo) -> None:
         # `slam fit-kmeans` featurises files until it holds --max-frames, an even share of them per file, so
         # it would decode half of the 8,000 stories; the first KMEANS_FILES stories (~2 h of speech, all 4
         # voices in turn) hold enough frames and take a tenth of the time.
+        # In id order: `slam synth` appends manifest lines as its workers finish, so the first lines of the
+        # manifest differ from run to run (two runs' k-means differed by up to 4.1 in a centroid coordinate).
+        # Every line starts with its zero-padded id ({"id": "0000001", ...): `sort` orders them by id.
         sample = d.p("speech", "train", "kmeans-sample.jsonl")  # beside the manifest: audio paths are relative
-        _head(d, "units", manifest, d.plan.kmeans_files, sample)
+        d.record("units", f"sort {shlex.quote(str(manifest))} | head -n {d.plan.kmeans_files} > "
+                          f"{shlex.quote(str(sample))}", "")
+        rows = sorted(manifest.read_text().splitlines(keepends=True))[: d.plan.kmeans_files]
+        sample.write_text("".join(rows))
         d.slam("units", ["fit-kmeans", str(sample), "--tokenizer", "mel", "--units", str(d.plan.units), "--out",
                          str(km), "--max-frames", str(d.plan.kmeans_frames), "--seed", str(d.plan.seed)])
     d.slam("units", ["tokenize", str(manifest), "--tokenizer", f"mel:{km}", "--out", str(d.p("units", "train")),
