@@ -11,8 +11,8 @@ import torch
 
 from eval_helpers import EnergyTokenizer, tiny_lm, write_wav
 from slam.errors import SlamError
-from slam.eval.pairs import (Benchmark, Pair, accuracy, evaluate_pairs, read_benchmark, score_sequences,
-                             tokenize_files)
+from slam.eval.layouts import Benchmark, Pair, read_benchmark
+from slam.eval.pairs import accuracy, evaluate_pairs, score_sequences, tokenize_files
 
 
 def test_batched_scores_equal_one_at_a_time():

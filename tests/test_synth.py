@@ -142,7 +142,7 @@ def test_second_backend_is_a_plain_class(tmp_path):
 
 
 def test_synthesize_pairs_and_prefs_readable_by_the_evaluation(tmp_path):
-    from slam.eval.pairs import read_benchmark
+    from slam.eval.layouts import read_benchmark
 
     pairs = tmp_path / "text" / "pairs.jsonl"
     pairs.parent.mkdir()

@@ -47,7 +47,8 @@ from tqdm import tqdm
 from slam.audio import find_audio, load_audio
 from slam.errors import SlamError
 from slam.eval.autobleu import auto_bleu
-from slam.eval.pairs import read_storycloze, score_sequences
+from slam.eval.layouts import read_storycloze
+from slam.eval.pairs import score_sequences
 from slam.generate import sample_units
 from slam.tokens import SlamInfo
 from slam.units.dataset import dedup as dedup_frames

@@ -34,8 +34,7 @@ from tqdm import tqdm
 
 from slam.audio import load_audio
 from slam.errors import AudioError, SlamError
-from slam.eval.layouts import (LAYOUTS, Benchmark, Pair, expand_bench, read_benchmark,  # noqa: F401 (re-exported)
-                               read_storycloze)
+from slam.eval.layouts import Benchmark, read_benchmark
 from slam.model_folder import load_model_tokenizer
 from slam.tokens import SlamInfo
 from slam.units.dataset import dedup as dedup_frames
