@@ -282,6 +282,8 @@ def run_folder_lock(cfg: RunConfig, env: dist.Env, who: str) -> Iterator[None]:
 
 def prepare_run_folder(cfg: RunConfig, env: dist.Env) -> tuple[Run, Path | None]:
     """The run folder (metrics, TensorBoard) and the checkpoint to resume from, if any."""
+    # checked again under the lock: a run that finished between run_folder_lock's first check and taking the
+    # lock would otherwise be overwritten
     refuse_finished_run(cfg)
     run = Run(cfg.out, main=env.main)
     ckpts = run.checkpoints
