@@ -31,6 +31,7 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     t0 = time.perf_counter()
     assert main(["demo", "--out", str(out), "--fast"]) == 0
     fast_demo = (out, time.perf_counter() - t0)
+    check_text_lm_beside_the_data_steps(capsys.readouterr().out, out)
     check_steps_and_commands(fast_demo)
     check_models_results_and_audio(fast_demo)
     check_pinned_numbers(fast_demo)
@@ -44,6 +45,16 @@ def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", data[16:24])
+
+
+def check_text_lm_beside_the_data_steps(log: str, out: Path):
+    """The text LM needs only the corpus: it starts right after it, before synthesis, and TWIST after it."""
+    text, speech = log.index("slam train demo-text"), log.index("[2/9] speech")
+    assert text < speech < log.index("slam train demo-speech")
+    assert log.index("[5/9] pre-training") < log.index("model.base=")
+    state = json.loads((out / "demo.json").read_text())
+    # the text LM's CPU time counts in the pre-training step, whichever step it finished in
+    assert state["steps"]["pretrain"]["cpu_seconds"] > state["steps"]["dpo"]["cpu_seconds"]
 
 
 def check_steps_and_commands(fast_demo):

@@ -1,5 +1,5 @@
-"""Background `slam train` runs of the demo's pre-training step: each a process of its own with a fixed thread
-count (the text LM alone, then TWIST and scratch side by side), with one progress bar over them."""
+"""Background `slam train` runs of the demo: each a process of its own with a fixed thread count, in two lanes
+(the text LM, started beside the data steps, then TWIST; scratch beside them), with one progress bar."""
 
 from __future__ import annotations
 
@@ -71,9 +71,13 @@ class Job:
         """True while this job has work running; raises when a run failed."""
         if self.proc is None:
             return self.start_next()
-        code = self.proc.poll()
-        if code is None:
+        # os.wait4 rather than Popen.poll: it gives this child's own CPU time, so the demo can count the runs'
+        # work in the pre-training step even when one finishes while a data step is in the foreground
+        pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+        if pid == 0:
             return True
+        code = self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.d.job_cpu_seconds += usage.ru_utime + usage.ru_stime
         self.log.close()
         (name, seed), self.proc = self.current, None
         if code != 0:

@@ -15,9 +15,10 @@ recorded in the report, so any step can be repeated by hand:
   3 units      weight-free log-mel tokenizer: k-means fitted on the synthesised audio, then `slam tokenize`
                (deduplicated units, as the paper)
   4 prefs      the preference triples spoken and tokenised for DPO (`slam dpo --build-prefs`)
-  5 pretrain   TWIST in miniature: a text LM on the training *text* (same loop, `data.kind: text`), then,
-               side by side on the two cores, the speech LM initialised from it (TWIST) and the same
-               speech LM from random init, for the same number of steps
+  5 pretrain   TWIST in miniature: a text LM on the training *text* (same loop, `data.kind: text`; it needs
+               only the corpus, so it starts right after step 1 and trains beside steps 2-4), then, side by
+               side on the two cores, the speech LM initialised from it (TWIST) and the same speech LM from
+               random init, for the same number of steps
   6 dpo        DPO of the TWIST model on the spoken preference pairs (a fifth held out)
   7 eval       `slam eval` of scratch, TWIST and TWIST+DPO on the held-out pairs (accuracy, 95% CI)
   8 generate   two held-out spoken prompts continued by each model, vocoded by the weight-free vocoder
@@ -65,6 +66,8 @@ class Demo:
         self.slam_main = slam_main  # the `slam` command's entry point, handed down by the CLI layer
         self.state_path = out / STATE
         self.state: dict = {}
+        self.text_job: Job | None = None  # the text LM lane, started beside the data steps (start_text_lm)
+        self.job_cpu_seconds = 0.0  # CPU time of the finished background runs: counted in the pretrain step
 
     # paths (relative to the working folder as the user gave --out, so recorded commands read naturally)
     def p(self, *parts: str) -> Path:
@@ -128,6 +131,8 @@ class Demo:
         self.record(step, line, note)
         print(f"\n$ {line}", flush=True)
         code = self.slam_main(argv)
+        if self.text_job is not None:
+            self.text_job.poll()  # start the next seed's text LM; a failed one stops the demo here
         if code != 0:
             raise SlamError(f"step {step}: `{line}` failed (exit code {code}); fix the cause and rerun the demo "
                             f"with the same --out to resume")
@@ -237,17 +242,47 @@ def step_prefs(d: Demo) -> None:
                      f"mel:{kmeans_path(d)}", "--out", str(d.p("prefs")), "--workers", str(d.workers)])
 
 
-def step_pretrain(d: Demo) -> None:
+def text_tokenizer(d: Demo) -> None:
     tok_dir = d.p("textlm", "tokenizer")
     if not (tok_dir / "tokenizer.json").exists():
         d.slam("pretrain", ["text-tokenizer", str(d.p("corpus", "stories.txt")), "--out", str(tok_dir)])
+
+
+def start_text_lm(d: Demo) -> None:
+    """Start the text LM (it needs only the corpus) in the background, beside the data steps.
+
+    The text LM is the first half of the longer pre-training lane (text LM, then TWIST from it): started after
+    the corpus, its ~6 minutes on one core overlap synthesis, k-means, tokenisation and the preference pairs
+    (~7 minutes of work for both cores) instead of adding to the critical path. Its numbers do not change:
+    a single-threaded run with step budgets gives the same bits whatever runs beside it. Not with --minutes,
+    where sharing the cores with synthesis would cut the text LM's steps."""
+    if d.plan.minutes is not None or d.step_state("pretrain")["status"] == "done":
+        return
+    text_tokenizer(d)
+    texts = [("text", s) for s in d.plan.training_seeds()]
+    if all(run_done(d.run_dir(*r)) for r in texts):
+        return
+    print("\nthe text LM trains in the background, beside the data steps (its progress: the pre-training step)")
+    d.text_job = Job(d, texts, THREADS)
+    d.text_job.poll()
+
+
+def step_pretrain(d: Demo) -> None:
+    text_tokenizer(d)
     # Two lanes side by side, one single-threaded run at a time each: the text LM then the TWIST speech LM
     # initialised from it, and the speech LM from scratch (which needs no text LM) beside them. Steps, not
     # minutes, decide what each run does, so the lanes need not be fair to each other, only busy.
     seeds = d.plan.training_seeds()
-    lane_a = [(n, s) for s in seeds for n in ("text", "twist")]
     lane_b = [("scratch", s) for s in seeds]
-    run_jobs(d, [Job(d, lane_a, THREADS), Job(d, lane_b, THREADS)], lane_a + lane_b)
+    if d.text_job is not None:  # the text LM runs are under way since the corpus step: TWIST follows them
+        job_a = d.text_job
+        job_a.runs += [("twist", s) for s in seeds]
+        bar_runs = [(n, s) for n in ("text", "twist") for s in seeds] + lane_b
+    else:
+        lane_a = [(n, s) for s in seeds for n in ("text", "twist")]
+        job_a, bar_runs = Job(d, lane_a, THREADS), lane_a + lane_b
+    run_jobs(d, [job_a, Job(d, lane_b, THREADS)], bar_runs)
+    d.text_job = None
     for seed in seeds:
         for n in ("text", "twist", "scratch"):
             log = d.log_path(n, seed)
@@ -366,35 +401,54 @@ def run_demo(out: str | Path, slam_main: Callable[[list[str]], int], fast: bool 
     d = Demo(Path(out), make_plan(fast, seed, minutes, seeds), workers or min(2, os.cpu_count() or 1), slam_main)
     d.load_state(fresh)
     t_all, c_all = time.perf_counter(), _cpu_seconds()
-    for i, name in enumerate(STEPS, 1):
-        st = d.step_state(name)
-        if st["status"] == "done" and name != "report":
-            print(f"\n[{i}/{len(STEPS)}] {TITLES[name]}: done in an earlier run ({format_duration(st['seconds'])}), "
-                  f"reused")
-            st["reused"] = True
-            continue
-        print(f"\n[{i}/{len(STEPS)}] {TITLES[name]}", flush=True)
-        st.update(status="running", reused=False)
-        d.save()
-        t0, c0 = time.perf_counter(), _cpu_seconds()
-        try:
-            STEP_FUNCS[name](d)
-        except BaseException:
-            st["seconds"] = st.get("seconds", 0.0) + time.perf_counter() - t0
-            st["status"] = "interrupted"
-            d.save()
-            raise
-        st["seconds"] = st.get("seconds", 0.0) + time.perf_counter() - t0
-        st["cpu_seconds"] = round(st.get("cpu_seconds", 0.0) + _cpu_seconds() - c0, 1)
-        st["status"] = "done"
-        st["load_after"] = [round(x, 2) for x in os.getloadavg()]
-        d.save()
-        if name == "report":  # the report's own time is known only now: write it once more with it
-            report.write_report(d.out)
+    try:
+        for i, name in enumerate(STEPS, 1):
+            run_step(d, i, name)
+            if name == "corpus":
+                start_text_lm(d)
+    finally:
+        if d.text_job is not None:  # interrupted before pre-training: the text LM resumes with the demo
+            d.text_job.stop()
     d.state["wall_seconds_this_run"] = round(time.perf_counter() - t_all, 1)
     d.state["cpu_seconds_this_run"] = round(_cpu_seconds() - c_all, 1)
     d.save()
     return d.state
+
+
+def run_step(d: Demo, i: int, name: str) -> None:
+    st = d.step_state(name)
+    if st["status"] == "done" and name != "report":
+        print(f"\n[{i}/{len(STEPS)}] {TITLES[name]}: done in an earlier run ({format_duration(st['seconds'])}), "
+              f"reused")
+        st["reused"] = True
+        return
+    print(f"\n[{i}/{len(STEPS)}] {TITLES[name]}", flush=True)
+    st.update(status="running", reused=False)
+    d.save()
+    t0, c0, j0 = time.perf_counter(), _cpu_seconds(), d.job_cpu_seconds
+
+    def count_cpu() -> None:
+        # the training runs' CPU belongs to the pre-training step, whichever step was in front when they ended
+        jobs = d.job_cpu_seconds - j0
+        st["cpu_seconds"] = round(st.get("cpu_seconds", 0.0) + _cpu_seconds() - c0 - jobs, 1)
+        pre = d.step_state("pretrain")
+        pre["cpu_seconds"] = round(pre.get("cpu_seconds", 0.0) + jobs, 1)
+
+    try:
+        STEP_FUNCS[name](d)
+    except BaseException:
+        st["seconds"] = st.get("seconds", 0.0) + time.perf_counter() - t0
+        count_cpu()
+        st["status"] = "interrupted"
+        d.save()
+        raise
+    st["seconds"] = st.get("seconds", 0.0) + time.perf_counter() - t0
+    count_cpu()
+    st["status"] = "done"
+    st["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    d.save()
+    if name == "report":  # the report's own time is known only now: write it once more with it
+        report.write_report(d.out)
 
 
 def _cpu_seconds() -> float:
