@@ -1,5 +1,6 @@
-"""Background `slam train` runs of the demo: each a process of its own with a fixed thread count, in two lanes
-(the text LM, started beside the data steps, then TWIST; scratch beside them), with one progress bar."""
+"""Background `slam train` and `slam eval` runs of the demo, each a process of its own with a fixed thread count:
+the two pre-training lanes (the text LM, started beside the data steps, then TWIST; scratch beside them) under
+one progress bar, and the evaluation of the pre-trained models beside DPO."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,28 +37,39 @@ def run_progress(run: Path) -> float:
 class Job:
     """A chain of `slam train` runs in one background process after another, `threads` threads each."""
 
+    step = "pretrain"  # the demo step whose commands and CPU time these runs are
+
     def __init__(self, d: Demo, runs: list[tuple[str, int]], threads: int) -> None:
         self.d, self.runs, self.threads = d, list(runs), threads  # (name, training seed)
         self.proc: subprocess.Popen | None = None
         self.current: tuple[str, int] | None = None
         self.log = None
+        self.stopped = False
+
+    def command(self, name: str, seed: int) -> tuple[list[str], str] | None:
+        """The `slam` arguments of one item and a note, or None when it is done already."""
+        run = self.d.run_dir(name, seed)
+        if run_done(run):
+            return None
+        if run.exists():  # an interrupted run continues from its last checkpoint
+            return self.d.train_argv(name, seed) + ["resume=true"], "resumed an interrupted run"
+        return self.d.train_argv(name, seed), ""
+
+    def log_path(self, name: str, seed: int) -> Path:
+        return self.d.log_path(name, seed)
 
     def start_next(self) -> bool:
-        while self.runs:
+        while self.runs and not self.stopped:
             name, seed = self.runs.pop(0)
-            run = self.d.run_dir(name, seed)
-            if run_done(run):
+            todo = self.command(name, seed)
+            if todo is None:
                 continue
-            argv = self.d.train_argv(name, seed)
-            note = ""
-            if run.exists():
-                argv.append("resume=true")  # an interrupted run continues from its last checkpoint
-                note = "resumed an interrupted run"
+            argv, note = todo
             env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
                    "TOKENIZERS_PARALLELISM": "false"}
             line = f"OMP_NUM_THREADS={self.threads} slam " + shlex.join(argv)
-            self.d.record("pretrain", line, note)
-            log_path = self.d.log_path(name, seed)
+            self.d.record(self.step, line, note)
+            log_path = self.log_path(name, seed)
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self.log = open(log_path, "a")
             print(f"\n$ {line}    (log: {log_path})", flush=True)
@@ -77,23 +90,63 @@ class Job:
         if pid == 0:
             return True
         code = self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.d.job_cpu_seconds += usage.ru_utime + usage.ru_stime
+        cpu = self.d.job_cpu_seconds
+        cpu[self.step] = cpu.get(self.step, 0.0) + usage.ru_utime + usage.ru_stime
         self.log.close()
         (name, seed), self.proc = self.current, None
         if code != 0:
-            log = self.d.log_path(name, seed)
+            log = self.log_path(name, seed)
             tail = "\n".join(log.read_text().splitlines()[-8:])
-            raise SlamError(f"step pretrain: the {name} run (seed {seed}) failed (exit code {code}); last lines "
-                            f"of {log}:\n{tail}")
+            raise SlamError(f"step {self.step}: the {name} {self.step} run (seed {seed}) failed (exit code {code}); "
+                            f"last lines of {log}:\n{tail}")
         return self.start_next()
 
+
     def stop(self) -> None:
+        self.stopped = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+class EvalJob(Job):
+    """`slam eval` of finished models in the background: the pre-trained models are evaluated beside DPO, whose
+    single thread would otherwise leave the second core idle for its ~4 minutes."""
+
+    step = "eval"
+
+    def command(self, name: str, seed: int) -> tuple[list[str], str] | None:
+        return None if self.d.eval_path(name, seed).exists() else (self.d.eval_argv(name, seed), "")
+
+    def log_path(self, name: str, seed: int) -> Path:
+        return self.d.log_path(f"eval-{name}", seed)
+
+    def start(self) -> None:
+        """Work through the chain from a thread (the demo's own thread runs DPO meanwhile)."""
+        self.error: BaseException | None = None
+
+        def loop() -> None:
+            try:
+                while self.poll():
+                    time.sleep(0.5)
+            except BaseException as e:  # handed to wait(), in the demo's thread
+                self.error = e
+
+        self.thread = threading.Thread(target=loop, name="demo-eval", daemon=True)
+        self.thread.start()
+
+    def wait(self) -> None:
+        """Until every evaluation has ended; raises what failed."""
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        super().stop()
+        self.thread.join(timeout=60)
 
 
 def run_jobs(d: Demo, jobs: list[Job], runs: list[tuple[str, int]]) -> None:

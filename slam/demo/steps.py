@@ -19,7 +19,8 @@ recorded in the report, so any step can be repeated by hand:
                only the corpus, so it starts right after step 1 and trains beside steps 2-4), then, side by
                side on the two cores, the speech LM initialised from it (TWIST) and the same speech LM from
                random init, for the same number of steps
-  6 dpo        DPO of the TWIST model on the spoken preference pairs (a fifth held out)
+  6 dpo        DPO of the TWIST model on the spoken preference pairs (a fifth held out); scratch and TWIST
+               are evaluated on the other core meanwhile
   7 eval       `slam eval` of scratch, TWIST and TWIST+DPO on the held-out pairs (accuracy, 95% CI)
   8 generate   two held-out spoken prompts continued by each model, vocoded by the weight-free vocoder
   9 report     report.md and report.html (plots, table, findings, audio players, commands, timings)
@@ -41,6 +42,7 @@ import json
 import os
 import shlex
 import shutil
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +51,7 @@ from typing import Callable
 import torch
 
 from slam.demo import report
-from slam.demo.jobs import Job, run_done, run_jobs
+from slam.demo.jobs import EvalJob, Job, run_done, run_jobs
 from slam.demo.plan import (BENCHMARKS, DATA_FIELDS, MODELS, STEPS, THREADS, Plan, jsonable, machine, make_plan,
                             plan_diff)
 from slam.errors import MissingDependencyError, SlamError
@@ -66,8 +68,10 @@ class Demo:
         self.slam_main = slam_main  # the `slam` command's entry point, handed down by the CLI layer
         self.state_path = out / STATE
         self.state: dict = {}
+        self.lock = threading.RLock()  # the state is written from the evaluation thread beside DPO too
         self.text_job: Job | None = None  # the text LM lane, started beside the data steps (start_text_lm)
-        self.job_cpu_seconds = 0.0  # CPU time of the finished background runs: counted in the pretrain step
+        # CPU time of the finished background runs by the step they belong to, whichever step was in front
+        self.job_cpu_seconds: dict[str, float] = {}
 
     # paths (relative to the working folder as the user gave --out, so recorded commands read naturally)
     def p(self, *parts: str) -> Path:
@@ -120,7 +124,8 @@ class Demo:
         self.save()
 
     def save(self) -> None:
-        atomic_write_json(self.state_path, self.state)
+        with self.lock:
+            atomic_write_json(self.state_path, self.state)
 
     def step_state(self, name: str) -> dict:
         return self.state["steps"].setdefault(name, {"status": "todo", "commands": [], "seconds": 0.0})
@@ -138,11 +143,18 @@ class Demo:
                             f"with the same --out to resume")
 
     def record(self, step: str, line: str, note: str) -> None:
-        cmds = self.step_state(step)["commands"]
-        entry = {"command": line, **({"note": note} if note else {})}
-        if entry not in cmds:
-            cmds.append(entry)
-        self.save()
+        with self.lock:
+            cmds = self.step_state(step)["commands"]
+            entry = {"command": line, **({"note": note} if note else {})}
+            if entry not in cmds:
+                cmds.append(entry)
+            self.save()
+
+    def eval_argv(self, model: str, seed: int | None = None) -> list[str]:
+        argv = ["eval", str(self.model_dir(model, seed))]
+        for b in BENCHMARKS:
+            argv += ["--bench", f"{b}={self.p('speech', 'bench', b, 'pairs.jsonl')}"]
+        return argv + ["--out", str(self.eval_path(model, seed)), "--cache-dir", str(self.p("cache", "units"))]
 
     def train_argv(self, name: str, seed: int) -> list[str]:
         """`slam train` arguments of the three pre-training runs (text LM, speech LM from scratch, TWIST)."""
@@ -296,19 +308,28 @@ def step_dpo(d: Demo) -> None:
         d.step_state("dpo")["note"] = "skipped: `slam dpo` is not part of this version"
         return
     pl = d.plan
-    for seed in pl.training_seeds():
-        run = d.run_dir("twist-dpo", seed)
-        if run_done(run):
-            continue
-        argv = ["dpo", "demo-dpo", f"model={d.model_dir('twist', seed)}", f"data.train={d.p('prefs', 'units')}",
-                f"out={run}", *pl.budget("dpo"), f"data.val_fraction={pl.dpo_val_fraction:g}", f"seed={seed}",
-                f"precision={pl.precision}", *pl.dpo_overrides]
-        note = ""
-        if run.exists():
-            argv.append("resume=true")
-            note = "resumed an interrupted run"
-        with threads(THREADS):
-            d.slam("dpo", argv, note)
+    # DPO is single-threaded: the pre-trained models are evaluated on the other core meanwhile (step eval's
+    # commands), ~2 minutes of work that would otherwise follow it
+    beside = EvalJob(d, [(m, s) for s in pl.training_seeds() for m in ("scratch", "twist")], THREADS)
+    beside.start()
+    try:
+        for seed in pl.training_seeds():
+            run = d.run_dir("twist-dpo", seed)
+            if run_done(run):
+                continue
+            argv = ["dpo", "demo-dpo", f"model={d.model_dir('twist', seed)}", f"data.train={d.p('prefs', 'units')}",
+                    f"out={run}", *pl.budget("dpo"), f"data.val_fraction={pl.dpo_val_fraction:g}", f"seed={seed}",
+                    f"precision={pl.precision}", *pl.dpo_overrides]
+            note = ""
+            if run.exists():
+                argv.append("resume=true")
+                note = "resumed an interrupted run"
+            with threads(THREADS):
+                d.slam("dpo", argv, note)
+    except BaseException:
+        beside.stop()
+        raise
+    beside.wait()
 
 
 class threads:
@@ -331,15 +352,10 @@ def evaluated_models(d: Demo, seed: int | None = None) -> list[str]:
 def step_eval(d: Demo) -> None:
     for seed in d.plan.training_seeds():
         for m in evaluated_models(d, seed):
-            out = d.eval_path(m, seed)
-            if out.exists():
+            if d.eval_path(m, seed).exists():
                 continue
-            argv = ["eval", str(d.model_dir(m, seed))]
-            for b in BENCHMARKS:
-                argv += ["--bench", f"{b}={d.p('speech', 'bench', b, 'pairs.jsonl')}"]
-            argv += ["--out", str(out), "--cache-dir", str(d.p("cache", "units"))]
             with threads(THREADS):
-                d.slam("eval", argv)
+                d.slam("eval", d.eval_argv(m, seed))
 
 
 def prompt_files(d: Demo) -> list[Path]:
@@ -425,14 +441,16 @@ def run_step(d: Demo, i: int, name: str) -> None:
     print(f"\n[{i}/{len(STEPS)}] {TITLES[name]}", flush=True)
     st.update(status="running", reused=False)
     d.save()
-    t0, c0, j0 = time.perf_counter(), _cpu_seconds(), d.job_cpu_seconds
+    t0, c0, j0 = time.perf_counter(), _cpu_seconds(), dict(d.job_cpu_seconds)
 
     def count_cpu() -> None:
-        # the training runs' CPU belongs to the pre-training step, whichever step was in front when they ended
-        jobs = d.job_cpu_seconds - j0
-        st["cpu_seconds"] = round(st.get("cpu_seconds", 0.0) + _cpu_seconds() - c0 - jobs, 1)
-        pre = d.step_state("pretrain")
-        pre["cpu_seconds"] = round(pre.get("cpu_seconds", 0.0) + jobs, 1)
+        # a background run's CPU belongs to its own step (the text LM's to pre-training, the evaluations beside
+        # DPO to evaluation), whichever step was in front when it ended
+        jobs = {k: v - j0.get(k, 0.0) for k, v in d.job_cpu_seconds.items()}
+        st["cpu_seconds"] = round(st.get("cpu_seconds", 0.0) + _cpu_seconds() - c0 - sum(jobs.values()), 1)
+        for step, cpu in jobs.items():
+            other = d.step_state(step)
+            other["cpu_seconds"] = round(other.get("cpu_seconds", 0.0) + cpu, 1)
 
     try:
         STEP_FUNCS[name](d)
