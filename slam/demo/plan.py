@@ -4,9 +4,10 @@ Budgets are counted in optimiser steps, not minutes, so that a fixed seed gives 
 machine of the same kind, loaded or not (a busy machine is only slower). The step counts are what a quiet
 2-core x86_64 CPU (AMD EPYC, AVX512-BF16; 2026-11) did in the minutes the demo used to give each run:
 scratch/TWIST 16 minutes on one core each (~5,700 tokens/s in bf16 = 2,700 steps of 4 x 512); the text LM
-gets 600 steps of 32 x 128 (2.5M tokens, ~6 minutes on one core) before TWIST on the same core, while scratch
-trains on the other; DPO 150 steps of 16 pairs (~2m40s with the reference forward). `--minutes M` keeps the paper's wall-clock budget (the Slamming setting) instead: each speech
-LM gets M minutes, the text LM M/4, DPO M/6; its numbers then depend on the load of the machine.
+gets 600 steps of 32 x 128 (2.5M tokens, ~6 minutes on one core), beside the data steps and before TWIST,
+while scratch trains on the other core; DPO 150 steps of 16 pairs (~4 minutes with the reference forward and
+the held-out pairs). `--minutes M` keeps the paper's wall-clock budget (the Slamming setting) instead: each
+speech LM gets M minutes, the text LM M/4, DPO M/6; its numbers then depend on the load of the machine.
 
 Threads: every run has one (OMP_NUM_THREADS=1), fixed rather than read from the machine (the split of a
 reduction between threads can change the last bits of a sum, so a run on 8 cores must use the same threads as
