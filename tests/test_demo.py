@@ -310,10 +310,10 @@ def test_demo_recipes_load_and_share_one_model_shape():
 
 def test_plan_budgets_are_steps_unless_minutes(tmp_path):
     p = demo.make_plan()
-    assert (p.speech_steps, p.text_steps, p.dpo_steps, p.minutes) == (2700, 600, 150, None)
+    assert (p.speech_steps, p.text_steps, p.dpo_steps, p.minutes) == (2200, 600, 150, None)
     assert p.text_stories == 8 * p.stories  # the text LM reads 8x the stories the speech LMs hear
     d = demo.Demo(tmp_path, p, 1, main)
-    assert "budget.steps=2700" in d.train_argv("scratch", 0) and "budget.time=null" in d.train_argv("twist", 0)
+    assert "budget.steps=2200" in d.train_argv("scratch", 0) and "budget.time=null" in d.train_argv("twist", 0)
     assert "budget.steps=600" in d.train_argv("text", 0)
     d = demo.Demo(tmp_path, demo.make_plan(minutes=12, seeds=3), 1, main)
     assert "budget.time=720s" in d.train_argv("scratch", 2) and "budget.time=180s" in d.train_argv("text", 2)

@@ -1,9 +1,10 @@
 """The demo's plan: sizes, budgets, precision and threads of one `slam demo` run (stored in OUT/demo.json).
 
 Budgets are counted in optimiser steps, not minutes, so that a fixed seed gives the same numbers on every
-machine of the same kind, loaded or not (a busy machine is only slower). The step counts are what a quiet
-2-core x86_64 CPU (AMD EPYC, AVX512-BF16; 2026-11) did in the minutes the demo used to give each run:
-scratch/TWIST 16 minutes on one core each (~5,700 tokens/s in bf16 = 2,700 steps of 4 x 512); the text LM
+machine of the same kind, loaded or not (a busy machine is only slower). The step counts fit the whole demo
+in ~30 minutes of a quiet 2-core x86_64 CPU (AMD EPYC, AVX512-BF16; 31m46s measured, 2026-12): scratch and
+TWIST ~16 minutes each, side by side on one core each (~4,400 tokens/s in bf16 = 2,200 steps of 4 x 512; at
+2,700 steps the demo took 34m48s); the text LM
 gets 600 steps of 32 x 128 (2.5M tokens, ~6 minutes on one core), beside the data steps and before TWIST,
 while scratch trains on the other core; DPO 150 steps of 16 pairs (~4 minutes with the reference forward and
 the held-out pairs). `--minutes M` keeps the paper's wall-clock budget (the Slamming setting) instead: each
@@ -135,7 +136,7 @@ def make_plan(fast: bool = False, seed: int = 0, minutes: float | None = None, s
     # pairs, 1.6 passes) DPO fitted its second pass (train reward accuracy 0.5-0.6 in the first, 0.9 in the
     # second) and generalised less (docs/demo.md)
     return Plan(stories=8000, text_stories=64000, pairs=1000, prefs=4000, units=200, kmeans_frames=100_000,
-                kmeans_files=1000, speech_steps=2700, text_steps=600, dpo_steps=150, minutes=minutes, seed=seed,
+                kmeans_files=1000, speech_steps=2200, text_steps=600, dpo_steps=150, minutes=minutes, seed=seed,
                 seeds=seeds, topics=4, precision="bf16" if cpu_bf16() else "fp32")
 
 
