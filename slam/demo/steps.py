@@ -1,6 +1,6 @@
 """`slam demo [--out DIR --fast --seeds N --minutes M --fresh]`: the whole Slam recipe in miniature, on a CPU.
 
-    slam demo --out demo-out                 # ~35 minutes on a quiet 2-core CPU; report in demo-out/report.html
+    slam demo --out demo-out                 # ~32 minutes on a quiet 2-core CPU; report in demo-out/report.html
     slam demo --out demo-out --seeds 3       # the same with 3 training seeds: mean and spread (~3x the training)
     slam demo --out demo-out --minutes 20    # the paper's wall-clock budget instead of steps (load-dependent)
     slam demo --out demo-fast --fast         # tiny sizes and a few steps: the CI check (~1-2 minutes)
