@@ -84,8 +84,8 @@ class Job:
         """True while this job has work running; raises when a run failed."""
         if self.proc is None:
             return self.start_next()
-        # os.wait4 rather than Popen.poll: it gives this child's own CPU time, so the demo can count the runs'
-        # work in the pre-training step even when one finishes while a data step is in the foreground
+        # os.wait4 rather than Popen.poll: it gives this child's own CPU time, so the demo can count a run's work
+        # in its own step (pre-training, evaluation) even when it finishes while another step is in front
         pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
         if pid == 0:
             return True
@@ -97,7 +97,7 @@ class Job:
         if code != 0:
             log = self.log_path(name, seed)
             tail = "\n".join(log.read_text().splitlines()[-8:])
-            raise SlamError(f"step {self.step}: the {name} {self.step} run (seed {seed}) failed (exit code {code}); "
+            raise SlamError(f"step {self.step}: the {name} run (seed {seed}) failed (exit code {code}); "
                             f"last lines of {log}:\n{tail}")
         return self.start_next()
 
