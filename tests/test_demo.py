@@ -249,6 +249,8 @@ def check_minutes_and_seeds_retrain_on_the_same_data(fast_demo, capsys):
         assert budget["time"] == want and budget["steps"] is None, run
     assert (out / "runs" / "twist" / "final" / "model.safetensors").read_bytes() != old_model
     assert "$ slam synth" not in log and "reusing its data, training again" in log
+    # the closing line gives the first seed's CIs, named as such, then the spread over both seeds
+    assert "Accuracy % [95% CI] (seed 0)" in log and "Mean ± sd over 2 seeds (0, 1): speech LM from scratch" in log
     for m in demo.MODELS:
         assert (out / "eval" / "seed1" / f"{m}.json").exists()
     md = (out / "report.md").read_text()
