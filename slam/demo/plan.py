@@ -6,8 +6,9 @@ in ~30 minutes of a quiet 2-core x86_64 CPU (AMD EPYC, AVX512-BF16; 31m46s measu
 TWIST ~16 minutes each, side by side on one core each (~4,400 tokens/s in bf16 = 2,200 steps of 4 x 512; at
 2,700 steps the demo took 34m48s); the text LM gets 600 steps of 32 x 128 (2.5M tokens, ~6 minutes on one
 core), beside the data steps and before TWIST, while scratch trains on the other core; DPO 150 steps of 16
-pairs (~4.5 minutes with the reference forward and the held-out pairs). `--minutes M` keeps the paper's wall-clock budget (the Slamming setting) instead: each
-speech LM gets M minutes, the text LM M/4, DPO M/6; its numbers then depend on the load of the machine.
+pairs (~4.5 minutes with the reference forward and the held-out pairs). `--minutes M` keeps the paper's
+wall-clock budget (the Slamming setting) instead: each speech LM gets M minutes, the text LM M/4, DPO M/6;
+its numbers then depend on the load of the machine.
 
 Threads: every run has one (OMP_NUM_THREADS=1), fixed rather than read from the machine (the split of a
 reduction between threads can change the last bits of a sum, so a run on 8 cores must use the same threads as

@@ -369,14 +369,15 @@ def summary_paragraph(out: str | Path, state: dict, wall: float) -> str:
             parts.append(f"{MODEL_TITLES[m]}: " + ", ".join(f"{b} {_acc(res[m].get(b))}" for b in BENCHMARKS))
     reused = [k for k, v in state.get("steps", {}).items() if v.get("reused")]
     seeds = data["seeds"]
-    spread = ""
-    if len(seeds) > 1:  # the first seed's CIs alone would read as the result: the spread over seeds follows
+    first, spread = "", ""
+    if len(seeds) > 1:  # the first seed's CIs alone would read as the result: name them, the spread follows
+        first = f" (seed {next(iter(seeds))})"
         rows = [f"{MODEL_TITLES[m]}: "
                 + ", ".join(f"{b} {fnd.mean_sd(fnd.seed_values(data, m, b))}" for b in BENCHMARKS)
                 for m in MODELS if any(m in r for r in seeds.values())]
         spread = f". Mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))}): " + "; ".join(rows)
-    first = f" (seed {next(iter(seeds))})" if len(seeds) > 1 else ""
     return (f"slam demo: done in {format_duration(wall)} on {_fmt_machine(state.get('machine', {}))}"
-            + (f" (reused steps: {', '.join(reused)})" if reused else "") + f". Accuracy % [95% CI]{first}, chance "
-            f"50: " + ("; ".join(parts) or "no model evaluated") + spread + f". Report: {Path(out) / 'report.html'} "
-            f"(and report.md, loss_curves.png, accuracy.png, generated audio in {Path(out) / 'generate'}).")
+            + (f" (reused steps: {', '.join(reused)})" if reused else "")
+            + f". Accuracy % [95% CI]{first}, chance 50: " + ("; ".join(parts) or "no model evaluated") + spread
+            + f". Report: {Path(out) / 'report.html'} (and report.md, loss_curves.png, accuracy.png, generated "
+            f"audio in {Path(out) / 'generate'}).")
