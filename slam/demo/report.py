@@ -372,9 +372,8 @@ def summary_paragraph(out: str | Path, state: dict, wall: float) -> str:
     first, spread = "", ""
     if len(seeds) > 1:  # the first seed's CIs alone would read as the result: name them, the spread follows
         first = f" (seed {next(iter(seeds))})"
-        rows = [f"{MODEL_TITLES[m]}: "
-                + ", ".join(f"{b} {fnd.mean_sd(fnd.seed_values(data, m, b))}" for b in BENCHMARKS)
-                for m in MODELS if any(m in r for r in seeds.values())]
+        table = fnd.seed_table(data, MODELS, MODEL_TITLES, {b: b for b in fnd.BENCH})[1:-1]  # models only
+        rows = [f"{title}: " + ", ".join(f"{b} {v}" for b, v in zip(fnd.BENCH, values)) for title, *values in table]
         spread = f". Mean ± sd over {len(seeds)} seeds ({', '.join(map(str, seeds))}): " + "; ".join(rows)
     return (f"slam demo: done in {format_duration(wall)} on {_fmt_machine(state.get('machine', {}))}"
             + (f" (reused steps: {', '.join(reused)})" if reused else "")
